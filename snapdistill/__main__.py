@@ -1,0 +1,3 @@
+from snapdistill.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""The stage contract: every stage folder ends with a `manifest.json`, written last and atomically.
+
+Its presence means the stage finished. Downstream stages call `require_manifest` on their inputs and
+record `input_entry(path)` (the path plus the sha256 of its manifest) in their own manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from snapdistill.errors import SnapdistillError
+
+MANIFEST = "manifest.json"
+_PACKAGES = ("snapdistill", "torch", "diffusers", "transformers", "accelerate", "open_clip_torch", "webdataset")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide a stage's numbers."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the snapdistill checkout, when it runs from one."""
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_manifest(
+    folder: Path,
+    *,
+    stage: str,
+    config: Mapping[str, Any],
+    inputs: list[Mapping[str, Any]] | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    counts: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+) -> Path:
+    """Write `folder/manifest.json` last and atomically; return its path."""
+    body = {
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": _jsonable(config),
+        "inputs": _jsonable(inputs or []),
+        "outputs": _jsonable(outputs or {}),
+        "counts": _jsonable(counts or {}),
+        "metrics": _jsonable(metrics or {}),
+        "seed": seed,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    path = Path(folder) / MANIFEST
+    atomic_write_text(path, json.dumps(body, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of `folder`, or None when the stage there has not finished."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SnapdistillError(f"{path}: unreadable manifest ({e}); rerun the stage that wrote it") from e
+
+
+def require_manifest(folder: Path, *, stage: str | None = None) -> dict[str, Any]:
+    """The manifest of an input folder; a clear error when it is missing or from another stage."""
+    folder = Path(folder)
+    found = read_manifest(folder)
+    if found is None:
+        raise SnapdistillError(
+            f"{folder}: no {MANIFEST}; the stage that writes it did not finish (rerun it)"
+        )
+    if stage is not None and found.get("stage") != stage:
+        raise SnapdistillError(f"{folder}: expected a '{stage}' output, found stage '{found.get('stage')}'")
+    return found
+
+
+def manifest_sha256(folder: Path) -> str:
+    """sha256 of `folder/manifest.json`, the identity of an input."""
+    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
+
+
+def input_entry(folder: Path, **extra: Any) -> dict[str, Any]:
+    """How a stage records one input: its path and, when it has one, its manifest's sha256."""
+    folder = Path(folder)
+    entry: dict[str, Any] = {"path": str(folder.resolve())}
+    if (folder / MANIFEST).is_file():
+        entry["manifest_sha256"] = manifest_sha256(folder)
+    entry.update(extra)
+    return entry

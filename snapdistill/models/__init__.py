@@ -1,0 +1,1 @@
+"""Model construction and loading: CLIP tokenizer, tiny SD-architecture pipelines, teacher resolution."""

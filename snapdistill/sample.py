@@ -1,0 +1,241 @@
+"""The `sample` stage: render prompts with a teacher or student pipeline into an image folder.
+
+Every image depends only on (prompt, seed): each gets its own CPU `torch.Generator`, so batch size,
+device and the number of processes never change it. Outputs are named by prompt index and seed, a
+rerun skips images already present, and `manifest.json` is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, write_manifest
+from snapdistill.models.loading import (
+    default_device,
+    load_pipeline,
+    read_student_info,
+    resolve_dtype,
+    resolve_model,
+)
+from snapdistill.prompts import PromptItem
+from snapdistill.schedulers import describe, make_scheduler
+
+DEFAULT_TEACHER_STEPS = 20
+GRID_IMAGES = 16
+RUN_CONFIG = "run.json"
+# Settings that decide the pixels: a rerun into the same folder must match them to reuse images.
+_IMAGE_KEYS = ("model_path", "steps", "guidance", "size", "scheduler", "negative_prompt", "dtype")
+
+
+@dataclass
+class SampleConfig:
+    """Everything `sample` needs; the CLI fills it and `run` resolves the defaults."""
+
+    model: str                                   # teacher name, pipeline folder or checkpoint file
+    out: Path                                    # output folder
+    source: dict = field(default_factory=dict)   # how the prompts were chosen (for the manifest)
+    steps: int | None = None                     # None: the student's recorded count, else 20
+    guidance: float = 7.5                        # CFG scale s (a guided student is fed w = s - 1)
+    size: int | None = None                      # None: 512, or the model's native size when smaller
+    scheduler: str | None = None                 # None: the student's own, else dpmsolver++
+    spacing: str = "trailing"                    # timestep spacing of a named scheduler
+    negative_prompt: str | None = None
+    seed: int = 0                                # image of prompt index i gets seed + i
+    batch_size: int = 8
+    dtype: str = "fp32"
+    device: str | None = None                    # None: cuda when available, else cpu
+    allow_download: bool = False
+
+
+def image_name(item: PromptItem, seed: int) -> str:
+    """Relative output path: HPSv2's `{style}/{idx:05d}.jpg`, else `{idx:05d}-s{seed}.png`."""
+    if item.style:
+        return f"{item.style}/{item.index:05d}.jpg"
+    return f"{item.index:05d}-s{seed}.png"
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] to uint8, rounding as diffusers' `numpy_to_pil` does."""
+    return (images * 255).round().astype("uint8")
+
+
+def count_unet_rows(unet) -> tuple[list[int], object]:
+    """Attach a hook counting UNet batch rows; returns (counter, handle)."""
+    counter = [0]
+
+    def hook(_module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        counter[0] += sample.shape[0]
+
+    return counter, unet.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, size: int,
+             negative_prompt: str | None = None) -> np.ndarray:
+    """Render one batch: float images [B, H, W, 3] in [0, 1], one CPU generator per image."""
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    result = pipe(
+        prompt=list(prompts),
+        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=size,
+        width=size,
+        generator=generators,
+        output_type="np",
+    )
+    return result.images
+
+
+def save_image(path: Path, pixels: np.ndarray) -> None:
+    """Save uint8 pixels atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fmt = "JPEG" if path.suffix == ".jpg" else "PNG"
+    Image.fromarray(pixels).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    os.replace(tmp, path)
+
+
+def save_grid(paths: list[Path], out: Path, columns: int = 4) -> None:
+    """A grid PNG of the given images (the first `GRID_IMAGES` of a run)."""
+    images = [Image.open(p).convert("RGB") for p in paths]
+    if not images:
+        return
+    w, h = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % columns) * w, (i // columns) * h))
+    grid.save(out)
+
+
+def prepare_out(out: Path) -> None:
+    """Create `out` and check it can be written, with a one-line error when it cannot."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SnapdistillError(f"{out}: output folder is not writable ({e.strerror or e}); choose another --out") from e
+
+
+def _check_rerun(out: Path, settings: dict) -> None:
+    """Refuse to mix images of different settings in one folder."""
+    path = out / RUN_CONFIG
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    diff = [k for k in _IMAGE_KEYS if old.get(k) != settings.get(k)]
+    if diff:
+        raise SnapdistillError(
+            f"{out}: holds images made with other settings ({', '.join(diff)} differ); use a new --out"
+        )
+
+
+def _resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict, object]:
+    """Fill in defaults (steps, scheduler, size) from the model; return (settings, scheduler)."""
+    info = read_student_info(model_path) or {}
+    steps = config.steps if config.steps is not None else info.get("num_inference_steps", DEFAULT_TEACHER_STEPS)
+    name = config.scheduler or ("own" if info else "dpmsolver++")
+    scheduler = pipe.scheduler if name == "own" else make_scheduler(name, pipe.scheduler.config, spacing=config.spacing)
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    # The seed's benchmark is 512 px; models trained smaller (the toy world) keep their native size.
+    size = config.size or min(native, 512)
+    if size <= 0 or size % pipe.vae_scale_factor:
+        raise SnapdistillError(f"--size must be a positive multiple of {pipe.vae_scale_factor}, got {size}")
+    settings = {
+        "model_path": str(model_path.resolve()),
+        "steps": int(steps),
+        "guidance": float(config.guidance),
+        "size": int(size),
+        "scheduler": {"name": name, **describe(scheduler)},
+        "negative_prompt": config.negative_prompt,
+        "dtype": config.dtype,
+    }
+    return settings, scheduler
+
+
+def run(config: SampleConfig, items: list[PromptItem]) -> Path:
+    """Render `items` into `config.out`; return the manifest path."""
+    from accelerate import PartialState
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if config.steps is not None and config.steps <= 0:
+        raise SnapdistillError(f"--steps must be a positive integer, got {config.steps}")
+    if config.batch_size <= 0:
+        raise SnapdistillError(f"--batch-size must be positive, got {config.batch_size}")
+    if not items:
+        raise SnapdistillError("no prompts to render")
+    out = Path(config.out)
+    state = PartialState()
+    device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
+    dtype = resolve_dtype(config.dtype, device)
+    model = resolve_model(config.model, allow_download=config.allow_download)
+    if state.is_main_process:
+        prepare_out(out)
+    pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
+    settings, pipe.scheduler = _resolve_settings(config, pipe, model.path)
+    if state.is_main_process:
+        _check_rerun(out, settings)
+        (out / MANIFEST).unlink(missing_ok=True)  # the folder is no longer a finished run
+        atomic_write_text(out / RUN_CONFIG, json.dumps(settings, indent=2) + "\n")
+        rows = [{"index": it.index, "prompt": it.prompt, "seed": config.seed + it.index, "style": it.style,
+                 "file": f"images/{image_name(it, config.seed + it.index)}"} for it in items]
+        atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    state.wait_for_everyone()
+
+    images_dir = out / "images"
+    todo = [it for it in items if not (images_dir / image_name(it, config.seed + it.index)).is_file()]
+    mine = todo[state.process_index :: state.num_processes]
+    counter, handle = count_unet_rows(pipe.unet)
+    started = time.perf_counter()
+    columns = (TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not state.is_main_process) as bar:
+        task = bar.add_task("sample", total=len(mine))
+        for lo in range(0, len(mine), config.batch_size):
+            batch = mine[lo : lo + config.batch_size]
+            seeds = [config.seed + it.index for it in batch]
+            pixels = to_uint8(generate(
+                pipe, [it.prompt for it in batch], seeds, steps=settings["steps"], guidance=settings["guidance"],
+                size=settings["size"], negative_prompt=config.negative_prompt,
+            ))
+            for it, seed, px in zip(batch, seeds, pixels):
+                save_image(images_dir / image_name(it, seed), px)
+            bar.advance(task, len(batch))
+    handle.remove()
+    elapsed = time.perf_counter() - started
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return out / MANIFEST
+
+    paths = [images_dir / image_name(it, config.seed + it.index) for it in items]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise SnapdistillError(f"{missing[0]}: image missing after sampling; rerun to fill it in")
+    save_grid(paths[:GRID_IMAGES], out / "grid.png")
+    rendered = len(mine)
+    return write_manifest(
+        out,
+        stage="sample",
+        config={**asdict(config), **settings, "device": device},
+        inputs=[input_entry(model.path, spec=config.model)],
+        outputs={"images": "images", "prompts": "prompts.jsonl", "grid": "grid.png"},
+        counts={"images": len(items), "rendered_now": rendered, "skipped_present": len(items) - len(todo),
+                "processes": state.num_processes},
+        metrics={
+            "unet_calls_per_image": counter[0] / rendered if rendered else None,
+            "s_per_image": elapsed / rendered if rendered else None,
+        },
+        seed=config.seed,
+    )

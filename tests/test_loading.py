@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.models import loading
+from snapdistill.models.loading import load_pipeline, resolve_dtype, resolve_model
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNAPDISTILL_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(SnapdistillError, match="unknown teacher 'sd9'; known names: toy, sd15, sd21, sd21-base"):
+        resolve_model("sd9")
+
+
+@pytest.mark.parametrize("name, repo", [("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+                                        ("sd21-base", "stabilityai/stable-diffusion-2-1-base")])
+def test_missing_weights_say_what_and_how(empty_caches, name, repo):
+    with pytest.raises(SnapdistillError) as err:
+        resolve_model(name)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"hf download {repo}" in message and str(empty_caches / "models" / name) in message
+
+
+def test_name_resolves_to_local_models_folder(empty_caches, tiny_eps_dir):
+    import shutil
+
+    shutil.copytree(tiny_eps_dir, empty_caches / "models" / "sd15")
+    resolved = resolve_model("sd15")
+    assert resolved.path == empty_caches / "models" / "sd15" and not resolved.single_file
+
+
+def test_folder_and_file_checks(tmp_path, tiny_eps_dir):
+    assert resolve_model(str(tiny_eps_dir)).path == tiny_eps_dir
+    with pytest.raises(SnapdistillError, match="no model_index.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(SnapdistillError, match="checkpoint file not found"):
+        resolve_model(str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.ckpt").write_bytes(b"x")
+    assert resolve_model(str(tmp_path / "model.ckpt")).single_file
+
+
+def test_single_file_loads_offline_through_from_single_file(tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    seen = {}
+
+    def fake(path, **kwargs):
+        seen.update(kwargs, path=path)
+        raise OSError("config not in cache")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", fake)
+    ckpt = tmp_path / "mine.safetensors"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(SnapdistillError, match="single-file checkpoint needs its base model's config"):
+        load_pipeline(resolve_model(str(ckpt)))
+    assert seen["local_files_only"] is True and seen["path"] == str(ckpt)
+
+
+def test_dtypes():
+    assert resolve_dtype("bf16", "cpu") is torch.bfloat16
+    assert resolve_dtype("fp32", "cpu") is torch.float32
+    with pytest.raises(SnapdistillError, match="fp16 needs a CUDA device"):
+        resolve_dtype("fp16", "cpu")
+    with pytest.raises(SnapdistillError, match="unknown dtype"):
+        resolve_dtype("int8", "cpu")
+
+
+def test_load_pipeline_round_trip(tiny_eps_dir):
+    pipe = load_pipeline(resolve_model(str(tiny_eps_dir)))
+    assert pipe.safety_checker is None
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    assert loading.read_student_info(tiny_eps_dir) is None

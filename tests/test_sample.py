@@ -1,0 +1,152 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from snapdistill import sample as stage
+from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.prompts import PromptItem
+
+PROMPTS = ["a red circle on the left", "a blue square at the top", "a green triangle", "a yellow circle"]
+
+
+def _items(prompts=PROMPTS):
+    return [PromptItem(i, p) for i, p in enumerate(prompts)]
+
+
+def _with_sched(folder):
+    p = load_pipeline(resolve_model(str(folder)))
+    p.scheduler = stage.make_scheduler("dpmsolver++", p.scheduler.config, spacing="trailing")
+    return p
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_eps_dir):
+    return _with_sched(tiny_eps_dir)
+
+
+def test_image_depends_only_on_prompt_and_seed(pipe):
+    kw = dict(steps=4, guidance=7.5, size=32)
+    together = stage.generate(pipe, PROMPTS[:3], [10, 11, 12], **kw)
+    alone = np.concatenate([stage.generate(pipe, [p], [s], **kw) for p, s in zip(PROMPTS[:3], [10, 11, 12])])
+    shuffled = stage.generate(pipe, [PROMPTS[2], PROMPTS[0]], [12, 10], **kw)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(shuffled, together[[2, 0]], atol=1e-5)
+    # ...and the seed does matter.
+    other_seed = stage.generate(pipe, PROMPTS[:1], [99], **kw)
+    assert np.abs(other_seed - together[:1]).max() > 1e-2
+
+
+def test_drop_in_stock_diffusers_gives_same_images(tmp_path, tiny_eps_dir, cli):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    code, _, err = cli("sample", "--teacher", tiny_eps_dir, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+                       "--steps", 5, "--seed", 3, "--out", tmp_path / "o")
+    assert code == 0, err
+    stock = StableDiffusionPipeline.from_pretrained(tiny_eps_dir)
+    stock.scheduler = DPMSolverMultistepScheduler.from_config(
+        stock.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing")
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    ref = stock(PROMPTS[:2], num_inference_steps=5, guidance_scale=7.5, generator=gens, output_type="np",
+                height=32, width=32).images
+    ours = stage.generate(_with_sched(tiny_eps_dir), PROMPTS[:2], [3, 4], steps=5, guidance=7.5, size=32)
+    assert np.abs(ours - ref).max() < 1e-4
+    saved = [np.asarray(Image.open(tmp_path / "o" / "images" / f"{i:05d}-s{3 + i}.png")) for i in range(2)]
+    np.testing.assert_array_equal(np.stack(saved), stage.to_uint8(ref))
+
+
+def test_outputs_manifest_and_rerun(tmp_path, tiny_eps_dir):
+    out = tmp_path / "run"
+    cfg = stage.SampleConfig(model=str(tiny_eps_dir), out=out, steps=3, batch_size=3, seed=5)
+    stage.run(cfg, _items())
+    files = sorted(p.name for p in (out / "images").iterdir())
+    assert files == ["00000-s5.png", "00001-s6.png", "00002-s7.png", "00003-s8.png"]
+    rows = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["seed"], r["prompt"]) for r in rows] == [(i, 5 + i, p) for i, p in enumerate(PROMPTS)]
+    assert Image.open(out / "grid.png").size == (4 * 32, 32)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stage"] == "sample" and m["counts"]["images"] == 4
+    assert m["config"]["model_path"] == str(tiny_eps_dir.resolve())
+    assert m["config"]["scheduler"]["class"] == "DPMSolverMultistepScheduler"
+    assert m["config"]["scheduler"]["timestep_spacing"] == "trailing"
+    assert (m["config"]["steps"], m["config"]["guidance"]) == (3, 7.5)
+    assert m["metrics"]["unet_calls_per_image"] == 6  # CFG doubles the batch: 2 rows per step
+
+    # Rerun: nothing is redrawn; one deleted image is filled back identically.
+    first = (out / "images" / "00001-s6.png").read_bytes()
+    os.utime(out / "images" / "00000-s5.png", (1, 1))
+    (out / "images" / "00001-s6.png").unlink()
+    stage.run(cfg, _items())
+    m2 = json.loads((out / "manifest.json").read_text())
+    assert (m2["counts"]["rendered_now"], m2["counts"]["skipped_present"]) == (1, 3)
+    assert (out / "images" / "00000-s5.png").stat().st_mtime == 1
+    assert (out / "images" / "00001-s6.png").read_bytes() == first
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, tiny_eps_dir):
+    out = tmp_path / "run"
+    stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=out, steps=2), _items()[:1])
+    with pytest.raises(stage.SnapdistillError, match="guidance differ"):
+        stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=out, steps=2, guidance=3.0), _items()[:1])
+
+
+def test_no_cfg_means_one_call_per_step(tmp_path, tiny_eps_dir):
+    m = stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=tmp_path / "g1", steps=4, guidance=1.0),
+                  _items()[:2])
+    assert json.loads(m.read_text())["metrics"]["unet_calls_per_image"] == 4
+
+
+def test_hps_style_layout(tmp_path, tiny_eps_dir):
+    items = [PromptItem(0, "a", "anime"), PromptItem(1, "b", "anime"), PromptItem(0, "c", "photo")]
+    stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=tmp_path / "h", steps=2), items)
+    assert sorted(str(p.relative_to(tmp_path / "h" / "images")) for p in (tmp_path / "h" / "images").rglob("*.jpg")) \
+        == ["anime/00000.jpg", "anime/00001.jpg", "photo/00000.jpg"]
+
+
+def test_student_folder_uses_its_recorded_steps_and_scheduler(tmp_path):
+    """A guidance-conditioned student: its own scheduler and step count, one UNet row per image per step."""
+    from diffusers import DDIMScheduler
+
+    from snapdistill.models.tiny import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path / "student", time_cond_proj_dim=32)
+    sched = DDIMScheduler.from_pretrained(folder / "scheduler")
+    DDIMScheduler.from_config(sched.config, timestep_spacing="trailing").save_pretrained(folder / "scheduler")
+    (folder / "snapdistill.json").write_text(json.dumps({"num_inference_steps": 3}))
+    m = json.loads(stage.run(stage.SampleConfig(model=str(folder), out=tmp_path / "s"), _items()[:2]).read_text())
+    assert m["config"]["steps"] == 3
+    assert m["config"]["scheduler"]["name"] == "own" and m["config"]["scheduler"]["class"] == "DDIMScheduler"
+    assert m["metrics"]["unet_calls_per_image"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--teacher", "sd9"], "unknown teacher 'sd9'; known names"),
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--prompts", "EMPTY"], "no prompts found"),
+    (["--coco", "NOANN"], "no 'annotations'"),
+    (["--hps-benchmark", "HPS"], "HPSv2 style file missing"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, tiny_eps_dir, cli, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "noann.json").write_text(json.dumps({"images": []}))
+    (tmp_path / "hps").mkdir()
+    subst = {"EMPTY": tmp_path / "empty.txt", "NOANN": tmp_path / "noann.json", "HPS": tmp_path / "hps"}
+    args = [str(subst.get(a, a)) for a in args]
+    if "--teacher" not in args:
+        args += ["--teacher", str(tiny_eps_dir)]
+    if not any(a in args for a in ("--prompts", "--coco", "--hps-benchmark")):
+        args += ["--prompt", "x"]
+    code, _, err = cli("sample", *args, "--out", tmp_path / "out")
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_unwritable_out(tmp_path, tiny_eps_dir, cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = cli("sample", "--teacher", tiny_eps_dir, "--prompt", "x", "--out", blocker / "sub")
+    assert code == 2 and "output folder is not writable" in err
