@@ -1,0 +1,41 @@
+"""The pure diffusion core: schedule, prediction-type conversions, DDIM, guidance, model wrapper."""
+
+from snapdistill.diffusion.convert import (
+    PREDICTION_TYPES,
+    check_prediction_type,
+    eps_from_v,
+    eps_from_x0,
+    from_x0_eps,
+    per_sample,
+    to_x0_eps,
+    v_from_x0_eps,
+    x0_from_eps,
+    x0_from_v,
+)
+from snapdistill.diffusion.ddim import ddim_step, eps_for_landing, v_for_landing, x0_for_landing
+from snapdistill.diffusion.guidance import cfg, guidance_embedding, student_w
+from snapdistill.diffusion.schedule import NoiseSchedule
+from snapdistill.diffusion.teacher import DiffusionModel, Prediction
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "DiffusionModel",
+    "NoiseSchedule",
+    "Prediction",
+    "cfg",
+    "check_prediction_type",
+    "ddim_step",
+    "eps_for_landing",
+    "eps_from_v",
+    "eps_from_x0",
+    "from_x0_eps",
+    "guidance_embedding",
+    "per_sample",
+    "student_w",
+    "to_x0_eps",
+    "v_for_landing",
+    "v_from_x0_eps",
+    "x0_for_landing",
+    "x0_from_eps",
+    "x0_from_v",
+]
