@@ -147,7 +147,8 @@ def _resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dic
     """Fill in defaults (steps, scheduler, size) from the model; return (settings, scheduler)."""
     info = read_student_info(model_path) or {}
     steps = config.steps if config.steps is not None else info.get("num_inference_steps", DEFAULT_TEACHER_STEPS)
-    name = config.scheduler or ("own" if info else "dpmsolver++")
+    # A step-distilled student is sampled with its own scheduler, on the grid it was trained on.
+    name = config.scheduler or ("own" if info.get("num_inference_steps") else "dpmsolver++")
     scheduler = pipe.scheduler if name == "own" else make_scheduler(name, pipe.scheduler.config, spacing=config.spacing)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     # The seed's benchmark is 512 px; models trained smaller (the toy world) keep their native size.

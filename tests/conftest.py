@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Tiny models gain nothing from a second thread, and oversubscribed OpenMP threads spin (20x slower
+# measured when another process holds a core).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,38 @@ def cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+def write_test_shards(folder, n: int = 24, per_shard: int = 8, size: int = 32):
+    """Shards in build-data's layout (`{prefix}-%06d.tar`: jpg, txt, json) plus a manifest."""
+    import io
+    import json
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    from snapdistill.manifest import write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}
+    rng = np.random.default_rng(0)
+    for shard in range((n + per_shard - 1) // per_shard):
+        with wds.TarWriter(str(folder / f"toy-{shard:06d}.tar")) as sink:
+            for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):
+                name = list(colours)[i % 3]
+                pixels = np.full((size, size, 3), 255, np.uint8)
+                x, y = rng.integers(0, size // 2, 2)
+                pixels[y : y + size // 2, x : x + size // 2] = colours[name]
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+                sink.write({"__key__": f"{i:06d}", "jpg": buf.getvalue(), "txt": f"a {name} square",
+                            "json": json.dumps({"source": "test", "original_width": size,
+                                                "original_height": size}).encode()})
+    write_manifest(folder, stage="build-data", config={"test": True}, counts={"records": n})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def test_shards(tmp_path_factory):
+    return write_test_shards(tmp_path_factory.mktemp("shards"))

@@ -19,3 +19,34 @@ AllowDownload = Annotated[
     bool, typer.Option("--allow-download", help="Let a known teacher name download from the Hugging Face hub.")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Base seed: prompt index i uses seed + i.")]
+
+# Training options shared by distill-guidance and distill-steps.
+Shards = Annotated[Path, typer.Option("--shards", help="A build-data (or recaption) output folder.")]
+MaxSteps = Annotated[int, typer.Option("--max-steps", help="Optimisation steps.")]
+MaxMinutes = Annotated[float | None, typer.Option("--max-minutes", help="Stop (and checkpoint) after this many minutes.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per process and micro-step.")]
+GradAccum = Annotated[int, typer.Option("--grad-accum", help="Micro-steps per optimisation step.")]
+LearningRate = Annotated[float, typer.Option("--lr", help="AdamW peak learning rate (warm-up, then cosine).")]
+Warmup = Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")]
+EmaDecay = Annotated[float, typer.Option("--ema-decay", help="EMA decay ceiling; 0 disables EMA.")]
+MixedPrecision = Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
+GradCheckpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")]
+CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Steps between resume checkpoints.")]
+ValidateEvery = Annotated[int, typer.Option("--validate-every", help="Steps between validation grids (0: at the end).")]
+StudentPrediction = Annotated[str, typer.Option("--student-prediction", help="same, or v_prediction (SnapFusion's switch).")]
+CaptionDropout = Annotated[float, typer.Option("--caption-dropout", help="Share of empty captions in training batches.")]
+Resume = Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder of this run.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a finished or unfinished run in --out.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+
+
+def parse_range(text: str, flag: str) -> tuple[float, float]:
+    """'2-14' or '2,14' -> (2.0, 14.0), with a one-line error naming the flag."""
+    from snapdistill.errors import SnapdistillError
+
+    parts = text.replace(",", "-").split("-")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise SnapdistillError(f"{flag} expects LOW-HIGH (e.g. 2-14), got '{text}'") from None
+    return lo, hi

@@ -1,0 +1,163 @@
+"""`snapdistill distill-guidance` and `snapdistill distill-steps`: the two distillation stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from snapdistill.cli import app
+from snapdistill.cli.options import (
+    AllowDownload,
+    BatchSize,
+    CaptionDropout,
+    CheckpointEvery,
+    Device,
+    DryRun,
+    EmaDecay,
+    GradAccum,
+    GradCheckpointing,
+    LearningRate,
+    MaxMinutes,
+    MaxSteps,
+    MixedPrecision,
+    Out,
+    Overwrite,
+    Resume,
+    Seed,
+    Shards,
+    StudentPrediction,
+    Teacher,
+    ValidateEvery,
+    Warmup,
+    parse_range,
+)
+
+
+def _common(**kw):
+    from snapdistill.distill.loop import TrainConfig
+    from snapdistill.distill.stage import CommonConfig
+
+    train_keys = set(TrainConfig.__dataclass_fields__)
+    train = TrainConfig(**{k: v for k, v in kw.items() if k in train_keys})
+    return CommonConfig(train=train, **{k: v for k, v in kw.items() if k not in train_keys})
+
+
+def _launch(config, stage_run, dry_run: bool) -> None:
+    from snapdistill.distill.stage import resolved_config
+
+    if dry_run:
+        typer.echo(json.dumps(resolved_config(config), indent=2))
+        return
+    manifest = stage_run(config)
+    if manifest is not None:
+        typer.echo(f"student written to {Path(config.common.out) / 'student'} ({manifest})")
+
+
+@app.command("distill-guidance")
+def distill_guidance(
+    teacher: Teacher = "toy",
+    shards: Shards = Path("runs/toy/shards"),
+    out: Out = Path("runs/guided"),
+    guidance_range: Annotated[str, typer.Option("--guidance-range", help="s ~ U(LOW, HIGH) per sample.")] = "2-14",
+    cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of the student.")] = 256,
+    loss_space: Annotated[str, typer.Option("--loss-space", help="x0 (max(SNR,1) weighted), eps or v.")] = "x0",
+    student_prediction: StudentPrediction = "same",
+    max_steps: MaxSteps = 500,
+    max_minutes: MaxMinutes = None,
+    batch_size: BatchSize = 16,
+    grad_accum: GradAccum = 1,
+    lr: LearningRate = 1e-4,
+    warmup_steps: Warmup = 20,
+    ema_decay: EmaDecay = 0.999,
+    mixed_precision: MixedPrecision = "no",
+    gradient_checkpointing: GradCheckpointing = False,
+    checkpoint_every: CheckpointEvery = 100,
+    validate_every: ValidateEvery = 0,
+    caption_dropout: CaptionDropout = 0.1,
+    seed: Seed = 0,
+    device: Device = None,
+    allow_download: AllowDownload = False,
+    resume: Resume = None,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+) -> None:
+    """Stage 1: a w-conditioned student learns the teacher's guided output in one UNet pass.
+
+    Examples:
+
+      snapdistill distill-guidance --teacher toy --shards runs/toy/shards --max-steps 300 --out runs/guided
+
+      accelerate launch -m snapdistill distill-guidance --teacher sd15 --shards data/laion-art --mixed-precision bf16 --gradient-checkpointing --out runs/sd15-guided
+
+      snapdistill distill-guidance --out runs/guided --resume latest
+    """
+    from snapdistill.distill import guidance_stage as stage
+
+    common = _common(teacher=teacher, shards=shards, out=out, student_prediction=student_prediction,
+                     max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum,
+                     lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, mixed_precision=mixed_precision,
+                     gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
+                     validate_every=validate_every, caption_dropout=caption_dropout, seed=seed, device=device,
+                     allow_download=allow_download, resume=resume, overwrite=overwrite)
+    config = stage.GuidanceConfig(common=common, guidance_range=parse_range(guidance_range, "--guidance-range"),
+                                  cond_dim=cond_dim, loss_space=loss_space)
+    _launch(config, stage.run, dry_run)
+
+
+@app.command("distill-steps")
+def distill_steps(
+    teacher: Teacher = "toy",
+    shards: Shards = Path("runs/toy/shards"),
+    out: Out = Path("runs/steps"),
+    from_steps: Annotated[int, typer.Option("--from", help="Teacher steps N.")] = 16,
+    to_steps: Annotated[int, typer.Option("--to", help="Student steps M (divides N).")] = 8,
+    mode: Annotated[str, typer.Option("--mode", help="direct (one stage N->M) or progressive (N->N/2->...->M).")] = "direct",
+    target_space: Annotated[str, typer.Option("--target-space", help="x0, eps or v.")] = "x0",
+    cfg_prob: Annotated[float, typer.Option("--cfg-prob", help="Share of CFG-aware batches.")] = 0.1,
+    cfg_range: Annotated[str, typer.Option("--cfg-range", help="s ~ U(LOW, HIGH) in CFG-aware batches.")] = "2-14",
+    gamma: Annotated[float, typer.Option("--gamma", help="Weight of the original denoising loss (0: off).")] = 0.0,
+    student_prediction: StudentPrediction = "same",
+    max_steps: MaxSteps = 500,
+    max_minutes: MaxMinutes = None,
+    batch_size: BatchSize = 16,
+    grad_accum: GradAccum = 1,
+    lr: LearningRate = 1e-4,
+    warmup_steps: Warmup = 20,
+    ema_decay: EmaDecay = 0.999,
+    mixed_precision: MixedPrecision = "no",
+    gradient_checkpointing: GradCheckpointing = False,
+    checkpoint_every: CheckpointEvery = 100,
+    validate_every: ValidateEvery = 0,
+    caption_dropout: CaptionDropout = 0.1,
+    seed: Seed = 0,
+    device: Device = None,
+    allow_download: AllowDownload = False,
+    resume: Resume = None,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+) -> None:
+    """Stage 2: a student takes one step where its teacher took N/M (teacher: a base model or a stage-1 student).
+
+    Examples:
+
+      snapdistill distill-steps --teacher sd15 --from 16 --to 8 --shards data/laion-art --out runs/sd15-8
+
+      snapdistill distill-steps --teacher runs/guided/student --from 16 --to 4 --mode progressive --out runs/p4
+
+      snapdistill distill-steps --teacher sd21 --from 16 --to 8 --student-prediction v_prediction --out runs/v8
+    """
+    from snapdistill.distill import steps_stage as stage
+
+    common = _common(teacher=teacher, shards=shards, out=out, student_prediction=student_prediction,
+                     max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum,
+                     lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, mixed_precision=mixed_precision,
+                     gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
+                     validate_every=validate_every, caption_dropout=caption_dropout, seed=seed, device=device,
+                     allow_download=allow_download, resume=resume, overwrite=overwrite)
+    config = stage.StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
+                               target_space=target_space, cfg_prob=cfg_prob,
+                               cfg_range=parse_range(cfg_range, "--cfg-range"), gamma=gamma)
+    _launch(config, stage.run, dry_run)

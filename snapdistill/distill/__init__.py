@@ -1,0 +1,1 @@
+"""Guidance and step distillation: student construction, targets, losses, data, and one training loop."""

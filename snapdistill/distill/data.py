@@ -1,0 +1,123 @@
+"""Training pairs from WebDataset shards (keys `jpg`, `txt`), turned into latent batches.
+
+The order is a pure function of (seed, epoch), so a resumed run sees exactly the samples an
+uninterrupted one would: it skips the `consumed` samples it already trained on. With several
+processes, webdataset's `split_by_node` gives each rank its own shards.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import require_manifest
+
+SHUFFLE_BUFFER = 256
+
+
+def find_shards(folder: Path) -> list[str]:
+    """The `*.tar` shards of a finished build-data/recaption folder, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SnapdistillError(f"{folder}: shard folder not found; build it with `snapdistill build-data`")
+    require_manifest(folder)
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    if not shards:
+        raise SnapdistillError(f"{folder}: no shards found (*.tar); build them with `snapdistill build-data`")
+    return shards
+
+
+def _to_tensor(image, size: int) -> torch.Tensor:
+    """PIL image -> [3, size, size] in [−1, 1]: short side resized to `size`, centre-cropped."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class ShardPairs:
+    """An endless, seeded stream of (pixels, caption) pairs over the shards, epoch after epoch."""
+
+    def __init__(self, shards: list[str], *, size: int, seed: int = 0):
+        self.shards, self.size, self.seed = list(shards), size, seed
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, str]]:
+        import webdataset as wds
+
+        rng = random.Random(self.seed * 100_003 + epoch)
+        order = self.shards[:]
+        rng.shuffle(order)
+        ds = wds.WebDataset(order, shardshuffle=False, nodesplitter=wds.split_by_node,
+                            workersplitter=wds.split_by_worker, empty_check=False)
+        buffer: list = []
+        for sample in ds.decode("pil").to_tuple("jpg", "txt"):
+            buffer.append(sample)
+            if len(buffer) >= SHUFFLE_BUFFER:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def batches(self, batch_size: int, *, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        """Batches of (pixels [B,3,S,S], captions), after skipping the first `skip` samples."""
+        epoch, seen, items = 0, 0, []
+        while True:
+            got = 0
+            for image, caption in self._epoch(epoch):
+                got += 1
+                seen += 1
+                if seen <= skip:
+                    continue
+                items.append((_to_tensor(image, self.size), caption))
+                if len(items) == batch_size:
+                    yield torch.stack([p for p, _ in items]), [c for _, c in items]
+                    items = []
+            if got == 0:
+                raise SnapdistillError("this process received no training samples; use at least as many shards as processes")
+            epoch += 1
+
+
+class TextEmbeddings:
+    """The frozen text encoder's hidden states per caption, cached (LRU) since captions repeat."""
+
+    def __init__(self, tokenizer, text_encoder, *, max_items: int = 20_000):
+        self.tokenizer, self.text_encoder, self.max_items = tokenizer, text_encoder, max_items
+        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @torch.no_grad()
+    def _encode(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(c for c in captions if c not in self.cache))
+        if missing:
+            for caption, emb in zip(missing, self._encode(missing)):
+                self.cache[caption] = emb
+        for c in captions:
+            self.cache.move_to_end(c)
+        out = torch.stack([self.cache[c] for c in captions])
+        while len(self.cache) > self.max_items:
+            self.cache.popitem(last=False)
+        return out
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Clean latents x0 = mean of the VAE posterior × scaling_factor (deterministic)."""
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor

@@ -1,0 +1,66 @@
+"""Stage 1, `distill-guidance`: a w-conditioned student learns the teacher's CFG output in one pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from snapdistill.diffusion import DiffusionModel
+from snapdistill.distill.guided import Guided
+from snapdistill.distill.losses import GuidanceLoss, check_space
+from snapdistill.distill.stage import (
+    CommonConfig,
+    finish,
+    load_teacher,
+    prepare_run,
+    resolved_config,
+    resume_point,
+    train_and_save,
+)
+from snapdistill.distill.student import guided_student, student_prediction_type, student_scheduler
+from snapdistill.errors import SnapdistillError
+
+
+@dataclass
+class GuidanceConfig:
+    common: CommonConfig
+    guidance_range: tuple[float, float] = (2.0, 14.0)   # s ~ U(range) per sample (SnapFusion's CFG range)
+    cond_dim: int = 256                                 # time_cond_proj_dim of the student
+    loss_space: str = "x0"                              # x0 (max(SNR,1) weighted) | eps | v
+    val_steps: int = 16                                 # DPM-Solver++ steps of the validation grids
+
+
+def check(config: GuidanceConfig) -> None:
+    lo, hi = config.guidance_range
+    if not 1.0 <= lo <= hi:
+        raise SnapdistillError(f"--guidance-range must satisfy 1 <= low <= high, got {lo}-{hi}")
+    check_space(config.loss_space)
+
+
+def run(config: GuidanceConfig) -> Path | None:
+    """Train, save `student/`, write the manifest; return its path (None on non-main processes)."""
+    check(config)
+    common = config.common
+    teacher = load_teacher(common)
+    prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
+    resume_from = resume_point(common.out, common.resume)
+    teacher_model = DiffusionModel.from_pipeline(teacher.pipe)
+    student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
+    unet = guided_student(teacher.pipe.unet, config.cond_dim).to(teacher.pipe.device)
+    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), config.cond_dim)
+    loss = GuidanceLoss(teacher=Guided(teacher_model, None), student=student, schedule=teacher_model.schedule,
+                        guidance_range=config.guidance_range, space=config.loss_space)
+
+    def bind(module):
+        student.model.unet = module
+
+    info = {"stage": "distill-guidance", "guidance_embedding": True, "prediction_type": student_type,
+            "guidance_range": list(config.guidance_range)}
+    result = train_and_save(
+        common=common, teacher=teacher, student_unet=unet, bind=bind, loss=loss,
+        scheduler=student_scheduler(teacher.pipe.scheduler, steps=None, prediction_type=student_type),
+        info=info, stage="distill-guidance", config=resolved_config(config), resume_from=resume_from,
+        teacher_steps=config.val_steps, student_steps=config.val_steps,
+    )
+    return finish(stage="distill-guidance", common=common, config=resolved_config(config), teacher=teacher,
+                  result=result)

@@ -1,0 +1,34 @@
+"""A model queried at guidance scale s, whichever way it takes guidance.
+
+This is the seam where a guidance-distilled student replaces "teacher + CFG": a UNet with
+`time_cond_proj_dim` is fed the embedding of w = s − 1 (one pass, as stock diffusers does), any other
+UNet runs classifier-free guidance on the doubled batch [uncond; cond].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from snapdistill.diffusion import DiffusionModel, Prediction, guidance_embedding, student_w
+
+
+class Guided:
+    """`DiffusionModel` + guidance: `guided(z, t, cond, uncond, s)` is the prediction at scale s [B]."""
+
+    def __init__(self, model: DiffusionModel, w_dim: int | None):
+        self.model = model
+        self.w_dim = w_dim  # the UNet's time_cond_proj_dim (read before any DDP wrapping)
+
+    @property
+    def takes_w(self) -> bool:
+        """True for a guidance-distilled model (one pass per step, w embedded)."""
+        return self.w_dim is not None
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                 s: torch.Tensor) -> Prediction:
+        if self.takes_w:
+            w = guidance_embedding(student_w(s.float()), self.w_dim).to(device=z.device, dtype=z.dtype)
+            return self.model.predict(z, t, cond, timestep_cond=w)
+        if bool((s == 1).all()):  # s = 1 is the conditional model alone: skip the unconditional half
+            return self.model.predict(z, t, cond)
+        return self.model.predict_cfg(z, t, cond, uncond, s)

@@ -1,0 +1,210 @@
+"""The one training loop both distillation stages share, on accelerate.
+
+Determinism: all randomness of optimisation step k comes from a generator seeded by (seed, k, rank,
+micro-step), and the data order is a pure function of the seed, so resuming from a checkpoint gives
+bit-for-bit the weights of a run that never stopped. EMA weights (the inference snapshot) are saved
+apart from the resume state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import atomic_write_text
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 500                    # optimisation steps
+    max_minutes: float | None = None        # wall-clock budget; stops early (and checkpoints) when reached
+    batch_size: int = 16                    # per process and micro-step
+    grad_accum: int = 1                     # micro-steps per optimisation step
+    lr: float = 1e-4                        # AdamW peak learning rate
+    warmup_steps: int = 20                  # linear warm-up, then cosine decay to 0 at max_steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0              # gradient clipping
+    ema_decay: float = 0.999                # EMA ceiling (with warm-up); 0 disables EMA
+    mixed_precision: str = "no"             # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100             # steps between resume checkpoints (0: only at the end)
+    validate_every: int = 0                 # steps between validation grids (0: only at the end)
+    seed: int = 0
+
+
+def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
+    """The CPU generator of one micro-step: a pure function of (seed, step, rank, micro)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(run_dir) / CHECKPOINTS / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int) -> Path:
+    """Save the resume state atomically: a temporary folder, a rename, then the `latest` pointer."""
+    root = Path(run_dir) / CHECKPOINTS
+    name = f"step-{step:07d}"
+    tmp = root / f".{name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / "trainer.json", json.dumps({"step": step, "consumed": consumed}) + "\n")
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        atomic_write_text(root / LATEST, name + "\n")
+        for old in sorted(root.glob("step-*"))[:-2]:  # keep the two newest
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return root / name
+
+
+def _truncate_stats(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from."""
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    stopped_by: str          # "max_steps" | "max_minutes"
+    seconds: float
+    ema: Any                 # EMAModel or None
+
+
+def train(
+    *,
+    run_dir: Path,
+    student: torch.nn.Module,
+    loss_fn: Callable[[Any, torch.Generator], torch.Tensor],   # (raw batch, generator) -> per-sample loss
+    batches: Callable[[int], Iterator[Any]],                     # skip -> iterator of raw batches
+    config: TrainConfig,
+    resume: Path | None = None,
+    validate: Callable[[int], None] | None = None,              # step -> None (main process)
+    on_prepared: Callable[[torch.nn.Module], None] | None = None,  # gets the (maybe DDP-wrapped) student
+) -> TrainResult:
+    """Optimise `student` on `loss_fn` until max_steps or max_minutes; checkpoints and logs in run_dir."""
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    run_dir = Path(run_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    if config.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps))
+    # The LR schedule is stepped once per optimisation step by hand: accelerate's wrapper would step it
+    # once per process, making the schedule depend on the number of processes.
+    student, optimizer = accelerator.prepare(student, optimizer)
+    if on_prepared is not None:
+        on_prepared(student)
+    accelerator.register_for_checkpointing(schedule)
+    ema = None
+    if config.ema_decay > 0:
+        ema = EMAModel(accelerator.unwrap_model(student).parameters(), decay=config.ema_decay, use_ema_warmup=True)
+        accelerator.register_for_checkpointing(ema)
+
+    # Resume.
+    step, consumed = 0, 0
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = json.loads((resume / "trainer.json").read_text())
+        step, consumed = state["step"], state["consumed"]
+        if accelerator.is_main_process:
+            _truncate_stats(run_dir / "stats.jsonl", step)
+    per_step = config.batch_size * config.grad_accum
+    data = batches(consumed)
+
+    # Train.
+    started, loss_value, stopped_by = time.perf_counter(), float("nan"), "max_steps"
+    columns = (TextColumn("distil"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+               TimeRemainingColumn())
+    with Progress(*columns, disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task("distil", total=config.max_steps, completed=step, loss=float("nan"))
+        while step < config.max_steps:
+            tick = time.perf_counter()
+            for micro in range(config.grad_accum):
+                with accelerator.accumulate(student):
+                    gen = step_generator(config.seed, step, accelerator.process_index, micro)
+                    loss = loss_fn(next(data), gen).mean()
+                    if not torch.isfinite(loss):
+                        last = latest_checkpoint(run_dir)
+                        raise SnapdistillError(
+                            f"non-finite loss at step {step}; stopped. Last good checkpoint: {last or 'none'} "
+                            "(lower --lr, or resume from it)")
+                    accelerator.backward(loss)
+                    grad_norm = (accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+                                 if accelerator.sync_gradients else None)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            # Update EMA.
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(student).parameters())
+            step += 1
+            consumed += per_step
+            loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+            # Log.
+            if accelerator.is_main_process:
+                row = {"step": step, "loss": loss_value, "lr": schedule.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                       "samples_per_s": per_step * accelerator.num_processes / (time.perf_counter() - tick)}
+                with open(run_dir / "stats.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.update(task, completed=step, loss=loss_value)
+            out_of_time = (config.max_minutes is not None
+                           and time.perf_counter() - started > config.max_minutes * 60)
+            stopped_by = "max_minutes" if out_of_time else stopped_by
+            # Save snapshot.
+            done = step >= config.max_steps or out_of_time
+            if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                _save_checkpoint(accelerator, run_dir, step, consumed)
+            # Validate.
+            if validate and accelerator.is_main_process and config.validate_every and step % config.validate_every == 0:
+                validate(step)
+            if done:
+                break
+    accelerator.wait_for_everyone()
+    return TrainResult(step, loss_value, stopped_by, time.perf_counter() - started, ema)
+
+
+def ema_weights_into(student: torch.nn.Module, result: TrainResult) -> torch.nn.Module:
+    """The inference snapshot: the EMA weights copied into `student` (unchanged without EMA)."""
+    if result.ema is not None:
+        result.ema.copy_to(student.parameters())
+    return student

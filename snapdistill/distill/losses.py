@@ -1,0 +1,161 @@
+"""The distillation losses: small callables that return the loss *per sample*.
+
+Every loss compares predictions through `Prediction` (x0 / eps / any parametrisation), so none of
+them branches on the teacher's or student's prediction type. Reduction, scaling and accumulation
+stay in the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from snapdistill.diffusion import NoiseSchedule, Prediction, ddim_step
+from snapdistill.diffusion.ddim import eps_for_landing, v_for_landing, x0_for_landing
+from snapdistill.distill.grid import alpha_sigma_at, teacher_points
+from snapdistill.distill.guided import Guided
+from snapdistill.errors import SnapdistillError
+
+
+@dataclass
+class Batch:
+    """Clean latents x0 [B,C,h,w], their caption embeddings [B,L,D] and the empty caption's [1,L,D]."""
+
+    latents: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor
+
+
+# Each loss space: how to read a Prediction in it, the landing target in it, and its weight from SNR.
+# x0 uses the truncated-SNR weighting max(SNR, 1) of progressive distillation; eps and v are plain MSE
+# (for a fixed z, MSE in eps is SNR·MSE in x0 and MSE in v is (1 + SNR)·MSE in x0).
+def _read_x0(p: Prediction) -> torch.Tensor:
+    return p.x0
+
+
+def _read_eps(p: Prediction) -> torch.Tensor:
+    return p.eps
+
+
+def _read_v(p: Prediction) -> torch.Tensor:
+    return p.as_type("v_prediction")
+
+
+SPACES = {
+    "x0": (_read_x0, x0_for_landing, lambda snr: snr.clamp(min=1.0)),
+    "eps": (_read_eps, eps_for_landing, torch.ones_like),
+    "v": (_read_v, v_for_landing, torch.ones_like),
+}
+
+
+def check_space(space: str) -> str:
+    if space not in SPACES:
+        raise SnapdistillError(f"unknown loss space '{space}'; choose one of {', '.join(SPACES)}")
+    return space
+
+
+def space_mse(space: str, pred: Prediction, target: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+    """weight(SNR)·mean((pred − target)²) per sample, with pred read in `space`."""
+    read, _, weight = SPACES[space]
+    err = (read(pred).float() - target.float()) ** 2
+    return err.mean(dim=tuple(range(1, err.ndim))) * weight(snr)
+
+
+def uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
+    """n draws of U(lo, hi) from `gen`."""
+    return (lo + (hi - lo) * torch.rand(n, generator=gen)).to(device)
+
+
+def noisy(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator):
+    """(z_t, eps, α, σ) with z_t = α·x0 + σ·eps and eps ~ N(0, I) drawn from `gen`."""
+    eps = torch.randn(x0.shape, generator=gen).to(x0)
+    alpha, sigma = schedule.alpha_sigma(t)
+    alpha, sigma = alpha.to(x0.device), sigma.to(x0.device)
+    z = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
+    return z, eps, alpha, sigma
+
+
+@dataclass
+class GuidanceLoss:
+    """Stage 1: the w-conditioned student at (z_t, w = s − 1) matches the teacher's CFG output at s."""
+
+    teacher: Guided
+    student: Guided
+    schedule: NoiseSchedule
+    guidance_range: tuple[float, float] = (2.0, 14.0)
+    space: str = "x0"
+
+    def __call__(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        x0 = batch.latents
+        n = x0.shape[0]
+        t = torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=gen).to(x0.device)
+        z, _, _, _ = noisy(self.schedule, x0, t, gen)
+        s = uniform(gen, n, *self.guidance_range, x0.device)
+        with torch.no_grad():
+            target = self.teacher(z, t, batch.cond, batch.uncond, s)
+        pred = self.student(z, t, batch.cond, batch.uncond, s)
+        read = SPACES[self.space][0]
+        return space_mse(self.space, pred, read(target), self.schedule.snr(t).to(x0.device))
+
+
+@dataclass
+class StepLoss:
+    """Stage 2: one student step t → t'' lands where `substeps` teacher DDIM steps land.
+
+    With probability `cfg_prob` a batch is CFG-aware (SnapFusion §4.2): teacher and student are both
+    guided at s ~ U(cfg_range); otherwise both run at s = 1 (the conditional model; captions dropped
+    in the data train the unconditional one). A student that takes w is always distilled at a sampled
+    s, fed to both as the w embedding, so the two terms coincide for it. `gamma` > 0 adds the original
+    denoising loss on real data, rescaled each step to the size of the distillation loss.
+    """
+
+    teacher: Guided
+    student: Guided
+    schedule: NoiseSchedule
+    grid: list[int]                   # the student's timesteps and its final landing point
+    substeps: int                     # teacher DDIM steps per student step (N / M)
+    final_alpha_cumprod: float
+    cfg_prob: float = 0.1
+    cfg_range: tuple[float, float] = (2.0, 14.0)
+    space: str = "x0"
+    gamma: float = 0.0
+
+    def _scales(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
+        cfg_aware = bool(torch.rand(1, generator=gen) < self.cfg_prob)
+        draws = uniform(gen, n, *self.cfg_range, device)
+        return draws if (cfg_aware or self.student.takes_w) else torch.ones(n, device=device)
+
+    @torch.no_grad()
+    def teacher_landing(self, z, t, t_next, batch: Batch, s) -> torch.Tensor:
+        """z'' after `substeps` guided teacher DDIM steps from z at t to t_next (per sample)."""
+        points = torch.tensor([teacher_points(int(a), int(b), self.substeps)
+                               for a, b in zip(t.tolist(), t_next.tolist())], device=z.device)
+        for k in range(self.substeps):
+            pred = self.teacher(z, points[:, k], batch.cond, batch.uncond, s)
+            a, sg = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, points[:, k + 1])
+            z = ddim_step(x0=pred.x0, eps=pred.eps, alpha_next=a, sigma_next=sg).to(z.dtype)
+        return z
+
+    def __call__(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        x0 = batch.latents
+        n, dev = x0.shape[0], x0.device
+        grid = torch.tensor(self.grid, device=dev)
+        i = torch.randint(0, len(self.grid) - 1, (n,), generator=gen).to(dev)
+        t, t_next = grid[i], grid[i + 1]
+        z, eps, alpha, sigma = noisy(self.schedule, x0, t, gen)
+        s = self._scales(n, gen, dev)
+        z_next = self.teacher_landing(z, t, t_next, batch, s)
+        a2, s2 = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, t_next)
+        target = SPACES[self.space][1](z=z.float(), z_next=z_next.float(), alpha=alpha, sigma=sigma,
+                                       alpha_next=a2, sigma_next=s2)
+        snr = self.schedule.snr(t).to(dev)
+        loss = space_mse(self.space, self.student(z, t, batch.cond, batch.uncond, s), target, snr)
+        if self.gamma > 0:
+            ones = torch.ones(n, device=dev)
+            truth = Prediction(x0=x0.float(), eps=eps.float(), output=x0, prediction_type="sample",
+                               alpha=alpha, sigma=sigma)
+            read = SPACES[self.space][0]
+            ori = space_mse(self.space, self.student(z, t, batch.cond, batch.uncond, ones), read(truth), snr)
+            loss = loss + self.gamma * ori * (loss.detach().mean() / ori.detach().mean().clamp(min=1e-12))
+        return loss

@@ -1,0 +1,177 @@
+"""What both distillation stages do around their loss: load the teacher, stream the data, run the
+shared loop, validate, and save the student with its model card and manifest."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from snapdistill.distill.data import ShardPairs, TextEmbeddings, encode_latents, find_shards
+from snapdistill.distill.loop import TrainConfig, TrainResult, ema_weights_into, train
+from snapdistill.distill.losses import Batch
+from snapdistill.distill.run import (
+    first_captions,
+    json_ready,
+    model_card,
+    prepare_run,
+    resume_point,
+    save_grid_rows,
+)
+from snapdistill.distill.student import save_student
+from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
+from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.sample import generate
+
+
+@dataclass
+class CommonConfig:
+    """Options both stages share."""
+
+    teacher: str                              # teacher name, pipeline folder or stage-1 student folder
+    shards: Path                              # a build-data/recaption output folder
+    out: Path                                 # the run folder
+    train: TrainConfig = field(default_factory=TrainConfig)
+    student_prediction: str = "same"          # same | v_prediction (SnapFusion's switch)
+    caption_dropout: float = 0.1              # share of empty captions (trains the unconditional branch)
+    val_prompts: int = 4                      # validation grid rows use the first N captions of the shards
+    device: str | None = None
+    allow_download: bool = False
+    resume: str | None = None                 # "latest" or a checkpoint folder
+    overwrite: bool = False
+
+
+@dataclass
+class Teacher:
+    pipe: Any
+    path: Path
+    spec: str
+
+
+def load_teacher(common: CommonConfig) -> Teacher:
+    """The teacher pipeline in fp32 on this process's device (frozen)."""
+    from accelerate import PartialState
+
+    model = resolve_model(common.teacher, allow_download=common.allow_download)
+    device = common.device or str(PartialState().device)
+    pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False).eval()
+    return Teacher(pipe, model.path, common.teacher)
+
+
+def native_size(pipe) -> int:
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int], Iterator], Callable]:
+    """(batches(skip) of raw (pixels, captions), prepare(raw, gen) -> Batch on the teacher's device)."""
+    pipe = teacher.pipe
+    pairs = ShardPairs(find_shards(common.shards), size=native_size(pipe), seed=common.train.seed)
+    text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
+
+    def batches(skip: int) -> Iterator:
+        return pairs.batches(common.train.batch_size, skip=skip)
+
+    def prepare(raw, gen: torch.Generator) -> Batch:
+        pixels, captions = raw
+        drop = torch.rand(len(captions), generator=gen) < common.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        return Batch(latents=encode_latents(pipe.vae, pixels), cond=text(captions), uncond=text([""]))
+
+    return batches, prepare
+
+
+def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *, teacher_steps: int,
+              student_steps: int, guidance: float = 7.5) -> Callable[[int], None]:
+    """A callback writing val/step-N.png: the teacher's row above the student's, same prompts and seeds."""
+    from diffusers import StableDiffusionPipeline
+
+    from snapdistill.schedulers import make_scheduler
+
+    pipe = teacher.pipe
+    prompts = first_captions(find_shards(common.shards), common.val_prompts)
+    seeds = list(range(len(prompts)))
+    size = native_size(pipe)
+    ref_pipe = StableDiffusionPipeline(**{**pipe.components, "requires_safety_checker": False,
+                                          "scheduler": make_scheduler("dpmsolver++", pipe.scheduler.config)})
+    ref_pipe.set_progress_bar_config(disable=True)
+    reference = generate(ref_pipe, prompts, seeds, steps=teacher_steps, guidance=guidance, size=size)
+
+    def validate(step: int) -> None:
+        was_training = student_unet.training
+        student_pipe = StableDiffusionPipeline(**{**pipe.components, "requires_safety_checker": False,
+                                                  "unet": student_unet.eval(), "scheduler": scheduler})
+        student_pipe.set_progress_bar_config(disable=True)
+        images = generate(student_pipe, prompts, seeds, steps=student_steps, guidance=guidance, size=size)
+        save_grid_rows([reference, images], Path(common.out) / "val" / f"step-{step:07d}.png")
+        student_unet.train(was_training)
+
+    return validate
+
+
+def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, bind: Callable[[torch.nn.Module], None],
+                   loss: Callable, scheduler, info: dict, stage: str, config: dict, resume_from: Path | None,
+                   teacher_steps: int, student_steps: int, run_dir: Path | None = None) -> TrainResult:
+    """Train `student_unet` on `loss`, then save `student/` (EMA weights), the model card and stats.
+
+    `bind(module)` points the loss at the (possibly DDP-wrapped) module the loop optimises.
+    """
+    run_dir = Path(run_dir or common.out)
+    common_here = copy.copy(common)
+    common_here.out = run_dir
+    batches, prepare = batch_maker(teacher, common)
+    validate = validator(teacher, student_unet, scheduler, common_here, teacher_steps=teacher_steps,
+                         student_steps=student_steps)
+
+    def step_loss(raw, gen):
+        return loss(prepare(raw, gen), gen)
+
+    result = train(run_dir=run_dir, student=student_unet, loss_fn=step_loss, batches=batches, config=common.train,
+                   resume=resume_from, validate=validate, on_prepared=bind)
+    from accelerate import PartialState
+
+    ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next
+    if PartialState().is_main_process:
+        validate(result.steps)
+        save_student(run_dir / "student", teacher_dir=teacher.path, unet=student_unet, scheduler=scheduler, info=info)
+        summary = {"steps": result.steps, "final_loss": result.final_loss, "stopped_by": result.stopped_by,
+                   "train_seconds": round(result.seconds, 1)}
+        card = model_card(stage=stage, config=config, result=summary, info=info)
+        atomic_write_text(run_dir / "student" / "README.md", card)
+        atomic_write_text(run_dir / "README.md", card)
+    return result
+
+
+def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, result: TrainResult,
+           run_dir: Path | None = None, extra_outputs: dict | None = None) -> Path | None:
+    """Write the run's manifest (main process only); return its path."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return None
+    run_dir = Path(run_dir or common.out)
+    return write_manifest(
+        run_dir,
+        stage=stage,
+        config=config,
+        inputs=[input_entry(teacher.path, spec=teacher.spec), input_entry(common.shards)],
+        outputs={"student": "student", "stats": "stats.jsonl", "val": "val", "model_card": "README.md",
+                 **(extra_outputs or {})},
+        counts={"steps": result.steps, "samples": result.steps * common.train.batch_size * common.train.grad_accum},
+        metrics={"final_loss": result.final_loss, "train_seconds": result.seconds, "stopped_by": result.stopped_by},
+        seed=common.train.seed,
+    )
+
+
+def resolved_config(stage_config) -> dict:
+    """The JSON-able config recorded in config.json and the manifest."""
+    return json_ready(asdict(stage_config))
+
+
+__all__ = ["CommonConfig", "Teacher", "finish", "load_teacher", "prepare_run", "resolved_config", "resume_point",
+           "train_and_save"]

@@ -1,0 +1,135 @@
+"""Stage 2, `distill-steps --from N --to M`: a student takes one step where its teacher took N/M.
+
+`direct` is SnapFusion's single stage N→M (vanilla step distillation balanced against the CFG-aware
+loss). `progressive` is Salimans & Ho's rounds N→N/2→…→M, each round's student teaching the next and
+each round saved as a sub-run with its own manifest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from snapdistill.diffusion import DiffusionModel
+from snapdistill.distill.grid import final_alpha_cumprod, student_grid
+from snapdistill.distill.guided import Guided
+from snapdistill.distill.losses import StepLoss, check_space
+from snapdistill.distill.stage import (
+    CommonConfig,
+    Teacher,
+    finish,
+    load_teacher,
+    prepare_run,
+    resolved_config,
+    resume_point,
+    train_and_save,
+)
+from snapdistill.distill.student import copy_student, student_prediction_type, student_scheduler
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import MANIFEST
+
+MODES = ("direct", "progressive")
+
+
+@dataclass
+class StepsConfig:
+    common: CommonConfig
+    from_steps: int = 16
+    to_steps: int = 8
+    mode: str = "direct"                                # direct | progressive
+    target_space: str = "x0"                            # x0 | eps | v (see DESIGN.md §3)
+    cfg_prob: float = 0.1                               # share of CFG-aware batches (SnapFusion §4.2)
+    cfg_range: tuple[float, float] = (2.0, 14.0)
+    gamma: float = 0.0                                  # weight of the original denoising loss (0: off)
+
+
+def check(config: StepsConfig) -> None:
+    n, m = config.from_steps, config.to_steps
+    if m <= 0 or m >= n or n % m:
+        raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
+    if config.mode not in MODES:
+        raise SnapdistillError(f"unknown --mode '{config.mode}'; choose one of {', '.join(MODES)}")
+    if config.mode == "progressive" and (n // m) & (n // m - 1):
+        raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, got {n // m}")
+    if not 0 <= config.cfg_prob <= 1:
+        raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {config.cfg_prob}")
+    check_space(config.target_space)
+
+
+def rounds(config: StepsConfig) -> list[tuple[int, int]]:
+    """(teacher steps, student steps) of each training round."""
+    if config.mode == "direct":
+        return [(config.from_steps, config.to_steps)]
+    out, n = [], config.from_steps
+    while n > config.to_steps:
+        out.append((n, n // 2))
+        n //= 2
+    return out
+
+
+def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
+                 n: int, m: int, run_dir: Path, resume_from) -> tuple:
+    common = config.common
+    sched_config = teacher.pipe.scheduler.config
+    grid = student_grid(sched_config, m)
+    student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
+    unet = copy_student(teacher_model.unet).to(teacher.pipe.device)
+    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), w_dim)
+    loss = StepLoss(teacher=Guided(teacher_model, w_dim), student=student, schedule=teacher_model.schedule,
+                    grid=grid, substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(sched_config, teacher_model.schedule),
+                    cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space, gamma=config.gamma)
+
+    def bind(module):
+        student.model.unet = module
+
+    info = {"stage": "distill-steps", "num_inference_steps": m, "timesteps": grid[:-1], "mode": config.mode,
+            "from_steps": n, "guidance_embedding": w_dim is not None, "prediction_type": student_type}
+    scheduler = student_scheduler(teacher.pipe.scheduler, steps=m, prediction_type=student_type)
+    result = train_and_save(
+        common=common, teacher=teacher, student_unet=unet, bind=bind, loss=loss, scheduler=scheduler, info=info,
+        stage="distill-steps", config=resolved_config(config), resume_from=resume_from,
+        teacher_steps=config.from_steps, student_steps=m, run_dir=run_dir,
+    )
+    return result, DiffusionModel(unet.eval().requires_grad_(False), teacher_model.schedule, student_type)
+
+
+def _finished_round(run_dir: Path, teacher_model: DiffusionModel, student_type: str) -> DiffusionModel:
+    """The student of a round that finished before a resume, as the next round's teacher."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(run_dir / "student" / "unet").to(teacher_model.unet.device)
+    return DiffusionModel(unet.eval().requires_grad_(False), teacher_model.schedule, student_type)
+
+
+def run(config: StepsConfig) -> Path | None:
+    """Train every round, save `student/` (the last round's), write the manifest."""
+    check(config)
+    common = config.common
+    teacher = load_teacher(common)
+    prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
+    teacher_model = DiffusionModel.from_pipeline(teacher.pipe)
+    w_dim = teacher.pipe.unet.config.time_cond_proj_dim
+    progressive = config.mode == "progressive"
+    plan = rounds(config)
+    sub_runs, result = {}, None
+    for k, (n, m) in enumerate(plan, 1):
+        run_dir = Path(common.out) / f"round-{k}-{n}to{m}" if progressive else Path(common.out)
+        if progressive and (run_dir / MANIFEST).is_file():  # finished before a resume
+            teacher_model = _finished_round(run_dir, teacher_model, teacher_model.prediction_type if k > 1 else
+                                            student_prediction_type(common.student_prediction, teacher_model.prediction_type))
+            sub_runs[f"round_{k}"] = run_dir.name
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result, teacher_model = _train_round(config, teacher, teacher_model, w_dim, n, m, run_dir,
+                                             resume_point(run_dir, common.resume))
+        if progressive:
+            finish(stage="distill-steps", common=common, config={**resolved_config(config), "round": [n, m]},
+                   teacher=teacher, result=result, run_dir=run_dir)
+            sub_runs[f"round_{k}"] = run_dir.name
+    if progressive:
+        last = Path(common.out) / f"round-{len(plan)}-{plan[-1][0]}to{plan[-1][1]}"
+        shutil.copytree(last / "student", Path(common.out) / "student", dirs_exist_ok=True)
+        shutil.copy(last / "README.md", Path(common.out) / "README.md")
+    return finish(stage="distill-steps", common=common, config=resolved_config(config), teacher=teacher,
+                  result=result, extra_outputs=sub_runs)

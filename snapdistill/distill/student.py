@@ -1,0 +1,82 @@
+"""Students: built from the teacher's UNet, saved as complete diffusers pipeline folders.
+
+A student folder runs unchanged in stock diffusers (`StableDiffusionPipeline.from_pretrained`). It
+also holds `snapdistill.json`, the recipe `sample` reads (step count, timestep grid, guidance input).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import atomic_write_text
+from snapdistill.models.loading import STUDENT_INFO
+
+PREDICTION_CHOICES = ("same", "v_prediction")
+
+
+def guided_student(teacher_unet, cond_dim: int = 256):
+    """A copy of the teacher UNet with a guidance input (`time_cond_proj_dim = cond_dim`).
+
+    The new projection starts at zero, so before training the student is the teacher's conditional
+    branch exactly; every other weight is the teacher's.
+    """
+    from diffusers import UNet2DConditionModel
+
+    if teacher_unet.config.time_cond_proj_dim is not None:
+        raise SnapdistillError("the teacher UNet already takes a guidance input; distil steps instead")
+    config = dict(teacher_unet.config)
+    config["time_cond_proj_dim"] = cond_dim
+    student = UNet2DConditionModel.from_config(config)
+    missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
+    if unexpected or set(missing) != {"time_embedding.cond_proj.weight"}:
+        raise SnapdistillError(f"teacher weights do not fit the student: missing {missing}, unexpected {unexpected}")
+    student.time_embedding.cond_proj.weight.data.zero_()
+    return student
+
+
+def copy_student(teacher_unet):
+    """An independent copy of a UNet (the stage-2 student starts as its teacher)."""
+    from diffusers import UNet2DConditionModel
+
+    student = UNet2DConditionModel.from_config(teacher_unet.config)
+    student.load_state_dict(teacher_unet.state_dict())
+    return student
+
+
+def student_prediction_type(choice: str, teacher_type: str) -> str:
+    """The student's prediction type: the teacher's (`same`) or `v_prediction` (SnapFusion's switch)."""
+    if choice not in PREDICTION_CHOICES:
+        raise SnapdistillError(f"unknown --student-prediction '{choice}'; choose one of {', '.join(PREDICTION_CHOICES)}")
+    return teacher_type if choice == "same" else choice
+
+
+def save_student(folder: Path, *, teacher_dir: Path, unet, scheduler, info: dict) -> Path:
+    """Write a complete pipeline folder: the teacher's other components, the student UNet and scheduler."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(teacher_dir, tmp, ignore=shutil.ignore_patterns("unet", "scheduler", STUDENT_INFO,
+                                                                     "manifest.json", "*.md"))
+    unet.save_pretrained(tmp / "unet")
+    scheduler.save_pretrained(tmp / "scheduler")
+    index = json.loads((tmp / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    atomic_write_text(tmp / "model_index.json", json.dumps(index, indent=2) + "\n")
+    atomic_write_text(tmp / STUDENT_INFO, json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def student_scheduler(teacher_scheduler, *, steps: int | None, prediction_type: str):
+    """The scheduler saved with a student, in the student's prediction type: trailing DDIM for a
+    step-distilled student (the sampler its grid was trained on), else the teacher's own kind."""
+    from diffusers import DDIMScheduler
+
+    config = dict(teacher_scheduler.config)
+    if steps is None:
+        return type(teacher_scheduler).from_config(config, prediction_type=prediction_type)
+    return DDIMScheduler.from_config(config, timestep_spacing="trailing", prediction_type=prediction_type)

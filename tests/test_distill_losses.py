@@ -1,0 +1,102 @@
+"""Targets and losses of the distillation stages, on tiny random SD-architecture UNets."""
+
+import pytest
+import torch
+
+from snapdistill.diffusion import DiffusionModel, NoiseSchedule, eps_from_v
+from snapdistill.distill.grid import final_alpha_cumprod, student_grid
+from snapdistill.distill.guided import Guided
+from snapdistill.distill.losses import Batch, GuidanceLoss, StepLoss, space_mse
+from snapdistill.distill.student import copy_student, guided_student
+from snapdistill.models.tiny import SD_SCHEDULER_CONFIG, tiny_components
+
+SCHEDULE = NoiseSchedule.from_scheduler_config(SD_SCHEDULER_CONFIG)
+FINAL = final_alpha_cumprod(SD_SCHEDULER_CONFIG, SCHEDULE)
+
+
+def _batch(n=3, dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(latents=torch.randn(n, 4, 8, 8, generator=g), cond=torch.randn(n, 77, dim, generator=g),
+                 uncond=torch.randn(1, 77, dim, generator=g))
+
+
+def _step_loss(teacher: Guided, student: Guided, **kw):
+    kw = {"grid": student_grid(SD_SCHEDULER_CONFIG, 4), "substeps": 2, "final_alpha_cumprod": FINAL, **kw}
+    return StepLoss(teacher=teacher, student=student, schedule=SCHEDULE, **kw)
+
+
+class EpsFromV(torch.nn.Module):
+    """An epsilon model defined as the conversion of a v model's output (same function, other type)."""
+
+    def __init__(self, v_unet):
+        super().__init__()
+        self.v_unet = v_unet
+        self.config = v_unet.config
+
+    def forward(self, z, t, encoder_hidden_states, timestep_cond=None, return_dict=False):
+        v = self.v_unet(z, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        alpha, sigma = SCHEDULE.alpha_sigma(t.expand(z.shape[0]) if t.ndim == 0 else t)
+        return (eps_from_v(z=z, v=v, alpha=alpha, sigma=sigma),)
+
+
+@pytest.mark.parametrize("space", ["x0", "eps", "v"])
+def test_v_teacher_targets_equal_the_epsilon_path(space):
+    """One distillation step with a v teacher: finite targets, equal to the eps teacher's (to 1e-5)."""
+    v_unet = tiny_components(prediction_type="v_prediction")["unet"]
+    v_teacher = Guided(DiffusionModel(v_unet, SCHEDULE, "v_prediction"), None)
+    eps_teacher = Guided(DiffusionModel(EpsFromV(v_unet), SCHEDULE, "epsilon"), None)
+    batch, s = _batch(), torch.tensor([1.0, 7.5, 3.0])
+    t, t_next = torch.tensor([999, 749, 249]), torch.tensor([749, 499, -1])
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    loss_v = _step_loss(v_teacher, v_teacher, space=space)
+    loss_e = _step_loss(eps_teacher, eps_teacher, space=space)
+    with torch.no_grad():
+        land_v = loss_v.teacher_landing(z, t, t_next, batch, s)
+        land_e = loss_e.teacher_landing(z, t, t_next, batch, s)
+        assert torch.isfinite(land_v).all()
+        torch.testing.assert_close(land_v, land_e, atol=1e-5, rtol=1e-5)
+        values = [fn(batch, torch.Generator().manual_seed(2)) for fn in (loss_v, loss_e)]
+    assert all(torch.isfinite(v).all() for v in values)
+    torch.testing.assert_close(values[0], values[1], atol=1e-5, rtol=1e-4)
+
+
+def test_a_student_equal_to_its_one_step_teacher_has_zero_loss():
+    unet = tiny_components()["unet"]
+    teacher = Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), None)
+    student = Guided(DiffusionModel(copy_student(unet), SCHEDULE, "epsilon"), None)
+    for cfg_prob in (0.0, 1.0):
+        loss = _step_loss(teacher, student, substeps=1, cfg_prob=cfg_prob)
+        with torch.no_grad():
+            assert loss(_batch(), torch.Generator().manual_seed(0)).abs().max() < 1e-6
+    # Two teacher steps are not one: the same student now has something to learn.
+    with torch.no_grad():
+        assert _step_loss(teacher, student, substeps=2)(_batch(), torch.Generator().manual_seed(0)).max() > 1e-6
+
+
+def test_guided_student_starts_as_the_conditional_teacher():
+    unet = tiny_components()["unet"]
+    student_unet = guided_student(unet, cond_dim=32)
+    teacher = Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), None)
+    student = Guided(DiffusionModel(student_unet, SCHEDULE, "epsilon"), 32)
+    loss = GuidanceLoss(teacher=teacher, student=student, schedule=SCHEDULE, guidance_range=(1.0, 1.0))
+    with torch.no_grad():
+        assert loss(_batch(), torch.Generator().manual_seed(0)).abs().max() < 1e-6
+        # At s > 1 the teacher's CFG output differs from its conditional branch: a real target.
+        loss.guidance_range = (7.5, 7.5)
+        assert loss(_batch(), torch.Generator().manual_seed(0)).min() > 1e-6
+
+
+def test_loss_spaces_weigh_errors_by_snr():
+    from snapdistill.diffusion import Prediction
+
+    alpha, sigma = SCHEDULE.alpha_sigma(torch.tensor([100, 500, 950]))
+    snr = SCHEDULE.snr(torch.tensor([100, 500, 950]))
+    z, x0, x0_hat = (torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    eps = (z - alpha.view(-1, 1, 1, 1) * x0) / sigma.view(-1, 1, 1, 1)
+    truth = Prediction.from_output("sample", z=z, output=x0, alpha=alpha, sigma=sigma)
+    pred = Prediction.from_output("sample", z=z, output=x0_hat, alpha=alpha, sigma=sigma)
+    x0_mse = ((x0_hat - x0) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(space_mse("x0", pred, x0, snr), x0_mse * snr.clamp(min=1))
+    torch.testing.assert_close(space_mse("eps", pred, eps, snr), x0_mse * snr, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(space_mse("v", pred, truth.as_type("v_prediction"), snr), x0_mse * (1 + snr),
+                               rtol=1e-4, atol=1e-6)

@@ -1,0 +1,160 @@
+"""The two distillation stages end to end on a tiny random pipeline: outputs, drop-in, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from snapdistill import sample
+from snapdistill.distill import guidance_stage, steps_stage
+from snapdistill.distill.loop import TrainConfig
+from snapdistill.distill.stage import CommonConfig
+from snapdistill.prompts import PromptItem
+
+PROMPTS = ["a red square", "a blue square"]
+
+
+def _common(teacher, shards, out, **kw):
+    train = TrainConfig(max_steps=kw.pop("max_steps", 3), batch_size=4, checkpoint_every=0, ema_decay=0)
+    return CommonConfig(teacher=str(teacher), shards=shards, out=out, train=train, val_prompts=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def guided_run(tmp_path_factory, tiny_eps_dir, test_shards):
+    out = tmp_path_factory.mktemp("guided") / "run"
+    guidance_stage.run(guidance_stage.GuidanceConfig(common=_common(tiny_eps_dir, test_shards, out), cond_dim=32,
+                                                     val_steps=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def steps_run(tmp_path_factory, guided_run, test_shards):
+    out = tmp_path_factory.mktemp("steps") / "run"
+    steps_stage.run(steps_stage.StepsConfig(common=_common(guided_run / "student", test_shards, out),
+                                            from_steps=8, to_steps=2))
+    return out
+
+
+def _count_rows(pipe):
+    rows, timesteps = [0], []
+
+    def hook(_m, args, kwargs):
+        rows[0] += (args[0] if args else kwargs["sample"]).shape[0]
+        timesteps.append(int(args[1] if len(args) > 1 else kwargs["timestep"]))
+
+    pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    return rows, timesteps
+
+
+def test_guided_student_run_folder(guided_run):
+    manifest = json.loads((guided_run / "manifest.json").read_text())
+    assert manifest["stage"] == "distill-guidance" and manifest["counts"]["steps"] == 3
+    assert [json.loads(x)["step"] for x in (guided_run / "stats.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (guided_run / "val" / "step-0000003.png").is_file()
+    assert "distill-guidance" in (guided_run / "student" / "README.md").read_text()
+    unet_config = json.loads((guided_run / "student" / "unet" / "config.json").read_text())
+    assert unet_config["time_cond_proj_dim"] == 32
+
+
+@pytest.mark.parametrize("run_name, steps", [("guided_run", 3), ("steps_run", None)])
+def test_student_runs_in_stock_diffusers_one_call_per_step(request, tmp_path, run_name, steps):
+    """StableDiffusionPipeline.from_pretrained(student): one UNet row per image per step at guidance 7.5, and the
+    same images as `snapdistill sample`."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = request.getfixturevalue(run_name) / "student"
+    info = json.loads((folder / "snapdistill.json").read_text())
+    n_steps = steps or info["num_inference_steps"]
+    m = json.loads(sample.run(sample.SampleConfig(model=str(folder), out=tmp_path / "s", steps=steps),
+                              [PromptItem(i, p) for i, p in enumerate(PROMPTS)]).read_text())
+    stock = StableDiffusionPipeline.from_pretrained(folder)
+    if steps:
+        from diffusers import DPMSolverMultistepScheduler
+
+        stock.scheduler = DPMSolverMultistepScheduler.from_config(
+            stock.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing")
+    rows, timesteps = _count_rows(stock)
+    images = stock(PROMPTS, guidance_scale=7.5, num_inference_steps=n_steps, height=32, width=32, output_type="np",
+                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
+    assert rows[0] == len(PROMPTS) * n_steps and m["metrics"]["unet_calls_per_image"] == n_steps
+    assert m["config"]["scheduler"]["name"] == ("dpmsolver++" if steps else "own")
+    if not steps:  # a step-distilled student is sampled on exactly the timesteps it was trained on
+        assert timesteps == info["timesteps"] == [999, 499]
+    ours = np.stack([np.asarray(Image.open(tmp_path / "s" / "images" / f"{i:05d}-s{i}.png")) for i in range(2)])
+    np.testing.assert_array_equal(ours, sample.to_uint8(images))
+
+
+def test_step_student_manifest(steps_run):
+    manifest = json.loads((steps_run / "manifest.json").read_text())
+    assert manifest["stage"] == "distill-steps" and manifest["config"]["from_steps"] == 8
+    sched = json.loads((steps_run / "student" / "scheduler" / "scheduler_config.json").read_text())
+    assert (sched["_class_name"], sched["timestep_spacing"]) == ("DDIMScheduler", "trailing")
+
+
+def test_v_teacher_and_v_student(tmp_path, tiny_v_dir, tiny_eps_dir, test_shards):
+    for teacher, choice in ((tiny_v_dir, "same"), (tiny_eps_dir, "v_prediction")):
+        out = tmp_path / f"{teacher.name}-{choice}"
+        steps_stage.run(steps_stage.StepsConfig(common=_common(teacher, test_shards, out, student_prediction=choice,
+                                                               max_steps=2), from_steps=4, to_steps=2))
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert np.isfinite(manifest["metrics"]["final_loss"])
+        sched = json.loads((out / "student" / "scheduler" / "scheduler_config.json").read_text())
+        assert sched["prediction_type"] == "v_prediction"
+
+
+def test_progressive_rounds_are_sub_runs(tmp_path, tiny_eps_dir, test_shards):
+    out = tmp_path / "p"
+    steps_stage.run(steps_stage.StepsConfig(common=_common(tiny_eps_dir, test_shards, out, max_steps=1),
+                                            from_steps=8, to_steps=2, mode="progressive"))
+    rounds = [json.loads((out / d / "manifest.json").read_text())["config"]["round"]
+              for d in ("round-1-8to4", "round-2-4to2")]
+    assert rounds == [[8, 4], [4, 2]]
+    assert json.loads((out / "student" / "snapdistill.json").read_text())["num_inference_steps"] == 2
+    assert json.loads((out / "manifest.json").read_text())["outputs"]["round_2"] == "round-2-4to2"
+
+
+def _bad(cli, tmp_path, teacher, shards, *extra):
+    return cli("distill-steps", "--teacher", teacher, "--shards", shards, "--out", tmp_path / "o",
+               "--max-steps", 1, "--batch-size", 2, *extra)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--from", 16, "--to", 5), "--to must be smaller than --from and divide it"),
+    (("--from", 8, "--to", 8), "--to must be smaller than --from"),
+    (("--from", 12, "--to", 4, "--mode", "progressive"), "power of 2"),
+])
+def test_bad_step_counts(cli, tmp_path, tiny_eps_dir, test_shards, extra, message):
+    code, _, err = _bad(cli, tmp_path, tiny_eps_dir, test_shards, *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_unknown_prediction_type(cli, tmp_path, tiny_eps_dir, test_shards):
+    teacher = shutil.copytree(tiny_eps_dir, tmp_path / "weird")
+    cfg_path = teacher / "scheduler" / "scheduler_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "prediction_type": "flow"}))
+    code, _, err = _bad(cli, tmp_path, teacher, test_shards, "--from", 4, "--to", 2)
+    assert code == 2 and "'flow'" in err and "epsilon" in err
+
+
+def test_no_shards(cli, tmp_path, tiny_eps_dir):
+    from snapdistill.manifest import write_manifest
+
+    (tmp_path / "empty").mkdir()
+    write_manifest(tmp_path / "empty", stage="build-data", config={})
+    code, _, err = _bad(cli, tmp_path, tiny_eps_dir, tmp_path / "empty", "--from", 4, "--to", 2)
+    assert code == 2 and "no shards found" in err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_finished_run_and_resume_with_other_settings(cli, tmp_path, tiny_eps_dir, test_shards):
+    args = ("--from", 4, "--to", 2, "--checkpoint-every", 1)
+    assert _bad(cli, tmp_path, tiny_eps_dir, test_shards, *args)[0] == 0
+    code, _, err = _bad(cli, tmp_path, tiny_eps_dir, test_shards, *args)
+    assert code == 2 and "holds a finished run; pass --overwrite" in err
+    (tmp_path / "o" / "manifest.json").unlink()  # pretend it stopped before the end
+    code, _, err = _bad(cli, tmp_path, tiny_eps_dir, test_shards, *args, "--lr", "0.5", "--cfg-prob", "0.3",
+                        "--resume", "latest")
+    assert code == 2 and "(cfg_prob, common.train.lr differ)" in err
