@@ -169,8 +169,9 @@ def _resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dic
 
 def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     """Render `items` into `config.out`; return the manifest path."""
-    from accelerate import PartialState
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from snapdistill.dist import process_state
 
     if config.steps is not None and config.steps <= 0:
         raise SnapdistillError(f"--steps must be a positive integer, got {config.steps}")
@@ -179,7 +180,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     if not items:
         raise SnapdistillError("no prompts to render")
     out = Path(config.out)
-    state = PartialState()
+    state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     dtype = resolve_dtype(config.dtype, device)
     model = resolve_model(config.model, allow_download=config.allow_download)

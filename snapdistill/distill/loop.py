@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from snapdistill.dist import on_cpu
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text
 
@@ -121,7 +122,8 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     run_dir = Path(run_dir)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+                              cpu=on_cpu())
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.train()

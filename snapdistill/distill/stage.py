@@ -54,10 +54,10 @@ class Teacher:
 
 def load_teacher(common: CommonConfig) -> Teacher:
     """The teacher pipeline in fp32 on this process's device (frozen)."""
-    from accelerate import PartialState
+    from snapdistill.dist import process_state
 
     model = resolve_model(common.teacher, allow_download=common.allow_download)
-    device = common.device or str(PartialState().device)
+    device = common.device or str(process_state().device)
     pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
@@ -133,10 +133,10 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, bind
 
     result = train(run_dir=run_dir, student=student_unet, loss_fn=step_loss, batches=batches, config=common.train,
                    resume=resume_from, validate=validate, on_prepared=bind)
-    from accelerate import PartialState
+    from snapdistill.dist import process_state
 
     ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         validate(result.steps)
         save_student(run_dir / "student", teacher_dir=teacher.path, unet=student_unet, scheduler=scheduler, info=info)
         summary = {"steps": result.steps, "final_loss": result.final_loss, "stopped_by": result.stopped_by,
@@ -150,9 +150,10 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, bind
 def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, result: TrainResult,
            run_dir: Path | None = None, extra_outputs: dict | None = None) -> Path | None:
     """Write the run's manifest (main process only); return its path."""
-    from accelerate import PartialState
+    from snapdistill.dist import process_state
 
-    if not PartialState().is_main_process:
+    state = process_state()
+    if not state.is_main_process:
         return None
     run_dir = Path(run_dir or common.out)
     return write_manifest(
@@ -162,7 +163,8 @@ def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, 
         inputs=[input_entry(teacher.path, spec=teacher.spec), input_entry(common.shards)],
         outputs={"student": "student", "stats": "stats.jsonl", "val": "val", "model_card": "README.md",
                  **(extra_outputs or {})},
-        counts={"steps": result.steps, "samples": result.steps * common.train.batch_size * common.train.grad_accum},
+        counts={"steps": result.steps, "processes": state.num_processes,
+                "samples": result.steps * common.train.batch_size * common.train.grad_accum * state.num_processes},
         metrics={"final_loss": result.final_loss, "train_seconds": result.seconds, "stopped_by": result.stopped_by},
         seed=common.train.seed,
     )

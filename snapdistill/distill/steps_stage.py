@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapdistill.diffusion import DiffusionModel
+from snapdistill.dist import process_state
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
 from snapdistill.distill.guided import Guided
 from snapdistill.distill.losses import StepLoss, check_space
@@ -127,7 +128,7 @@ def run(config: StepsConfig) -> Path | None:
             finish(stage="distill-steps", common=common, config={**resolved_config(config), "round": [n, m]},
                    teacher=teacher, result=result, run_dir=run_dir)
             sub_runs[f"round_{k}"] = run_dir.name
-    if progressive:
+    if progressive and process_state().is_main_process:
         last = Path(common.out) / f"round-{len(plan)}-{plan[-1][0]}to{plan[-1][1]}"
         shutil.copytree(last / "student", Path(common.out) / "student", dirs_exist_ok=True)
         shutil.copy(last / "README.md", Path(common.out) / "README.md")
