@@ -17,6 +17,7 @@ from snapdistill.cli.options import (
     Device,
     DryRun,
     EmaDecay,
+    FeatWeight,
     GradAccum,
     GradCheckpointing,
     LearningRate,
@@ -24,10 +25,12 @@ from snapdistill.cli.options import (
     MaxSteps,
     MixedPrecision,
     Out,
+    OutWeight,
     Overwrite,
     Resume,
     Seed,
     Shards,
+    StudentArch,
     StudentPrediction,
     Teacher,
     ValidateEvery,
@@ -65,6 +68,9 @@ def distill_guidance(
     cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of the student.")] = 256,
     loss_space: Annotated[str, typer.Option("--loss-space", help="x0 (max(SNR,1) weighted), eps or v.")] = "x0",
     student_prediction: StudentPrediction = "same",
+    student_arch: StudentArch = "same",
+    feat_weight: FeatWeight = None,
+    out_weight: OutWeight = 1.0,
     max_steps: MaxSteps = 500,
     max_minutes: MaxMinutes = None,
     batch_size: BatchSize = 16,
@@ -97,6 +103,7 @@ def distill_guidance(
     from snapdistill.distill import guidance_stage as stage
 
     common = _common(teacher=teacher, shards=shards, out=out, student_prediction=student_prediction,
+                     student_arch=student_arch, feat_weight=feat_weight, out_weight=out_weight,
                      max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum,
                      lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, mixed_precision=mixed_precision,
                      gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
@@ -120,6 +127,9 @@ def distill_steps(
     cfg_range: Annotated[str, typer.Option("--cfg-range", help="s ~ U(LOW, HIGH) in CFG-aware batches.")] = "2-14",
     gamma: Annotated[float, typer.Option("--gamma", help="Weight of the original denoising loss (0: off).")] = 0.0,
     student_prediction: StudentPrediction = "same",
+    student_arch: StudentArch = "same",
+    feat_weight: FeatWeight = None,
+    out_weight: OutWeight = 1.0,
     max_steps: MaxSteps = 500,
     max_minutes: MaxMinutes = None,
     batch_size: BatchSize = 16,
@@ -148,10 +158,13 @@ def distill_steps(
       snapdistill distill-steps --teacher runs/guided/student --from 16 --to 4 --mode progressive --out runs/p4
 
       snapdistill distill-steps --teacher sd21 --from 16 --to 8 --student-prediction v_prediction --out runs/v8
+
+      snapdistill distill-steps --teacher runs/guided/student --from 16 --to 8 --student-arch bk-small --out runs/small8
     """
     from snapdistill.distill import steps_stage as stage
 
     common = _common(teacher=teacher, shards=shards, out=out, student_prediction=student_prediction,
+                     student_arch=student_arch, feat_weight=feat_weight, out_weight=out_weight,
                      max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum,
                      lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, mixed_precision=mixed_precision,
                      gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,

@@ -34,6 +34,14 @@ GradCheckpointing = Annotated[bool, typer.Option("--gradient-checkpointing", hel
 CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Steps between resume checkpoints.")]
 ValidateEvery = Annotated[int, typer.Option("--validate-every", help="Steps between validation grids (0: at the end).")]
 StudentPrediction = Annotated[str, typer.Option("--student-prediction", help="same, or v_prediction (SnapFusion's switch).")]
+StudentArch = Annotated[
+    str, typer.Option("--student-arch", help="same, or a block-removed student (BK-SDM): bk-base, bk-small, bk-tiny.")
+]
+FeatWeight = Annotated[
+    float | None,
+    typer.Option("--feat-weight", help="Weight of the feature loss on block outputs (default: 1 with a block-removed student, else 0)."),
+]
+OutWeight = Annotated[float, typer.Option("--out-weight", help="Weight of the output-level loss.")]
 CaptionDropout = Annotated[float, typer.Option("--caption-dropout", help="Share of empty captions in training batches.")]
 Resume = Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder of this run.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a finished or unfinished run in --out.")]

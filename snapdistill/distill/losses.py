@@ -131,7 +131,7 @@ class StepLoss:
         """z'' after `substeps` guided teacher DDIM steps from z at t to t_next (per sample)."""
         points = torch.tensor([teacher_points(int(a), int(b), self.substeps)
                                for a, b in zip(t.tolist(), t_next.tolist())], device=z.device)
-        for k in range(self.substeps):
+        for k in range(self.substeps):  # k = 0 is at the student's (z, t): feature KD matches that call
             pred = self.teacher(z, points[:, k], batch.cond, batch.uncond, s)
             a, sg = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, points[:, k + 1])
             z = ddim_step(x0=pred.x0, eps=pred.eps, alpha_next=a, sigma_next=sg).to(z.dtype)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from snapdistill.distill.arch import check_arch
 from snapdistill.distill.data import ShardPairs, TextEmbeddings, encode_latents, find_shards
 from snapdistill.distill.loop import TrainConfig, TrainResult, ema_weights_into, train
 from snapdistill.distill.losses import Batch
@@ -23,6 +24,7 @@ from snapdistill.distill.run import (
     save_grid_rows,
 )
 from snapdistill.distill.student import save_student
+from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models.loading import load_pipeline, resolve_model
 from snapdistill.sample import generate
@@ -37,12 +39,23 @@ class CommonConfig:
     out: Path                                 # the run folder
     train: TrainConfig = field(default_factory=TrainConfig)
     student_prediction: str = "same"          # same | v_prediction (SnapFusion's switch)
+    student_arch: str = "same"                # same | bk-base | bk-small | bk-tiny (BK-SDM block removal)
+    feat_weight: float | None = None          # feature-KD weight; None: 1 for a block-removed student, else 0
+    out_weight: float = 1.0                   # weight of the output-level loss (the stage's target)
     caption_dropout: float = 0.1              # share of empty captions (trains the unconditional branch)
     val_prompts: int = 4                      # validation grid rows use the first N captions of the shards
     device: str | None = None
     allow_download: bool = False
     resume: str | None = None                 # "latest" or a checkpoint folder
     overwrite: bool = False
+
+    def __post_init__(self):
+        check_arch(self.student_arch)
+        if self.feat_weight is None:
+            self.feat_weight = 0.0 if self.student_arch == "same" else 1.0
+        if self.feat_weight < 0 or self.out_weight < 0:
+            raise SnapdistillError(f"--feat-weight and --out-weight must be >= 0, got {self.feat_weight} "
+                                   f"and {self.out_weight}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from snapdistill.diffusion import DiffusionModel
 from snapdistill.dist import process_state
+from snapdistill.distill.features import with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
 from snapdistill.distill.guided import Guided
 from snapdistill.distill.losses import StepLoss, check_space
@@ -75,17 +76,20 @@ def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: Diffusion
     sched_config = teacher.pipe.scheduler.config
     grid = student_grid(sched_config, m)
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
-    unet = copy_student(teacher_model.unet).to(teacher.pipe.device)
+    arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
+    unet = copy_student(teacher_model.unet, arch).to(teacher.pipe.device)
     student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), w_dim)
     loss = StepLoss(teacher=Guided(teacher_model, w_dim), student=student, schedule=teacher_model.schedule,
                     grid=grid, substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(sched_config, teacher_model.schedule),
                     cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space, gamma=config.gamma)
+    loss = with_features(loss, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
     def bind(module):
         student.model.unet = module
 
     info = {"stage": "distill-steps", "num_inference_steps": m, "timesteps": grid[:-1], "mode": config.mode,
-            "from_steps": n, "guidance_embedding": w_dim is not None, "prediction_type": student_type}
+            "from_steps": n, "guidance_embedding": w_dim is not None, "prediction_type": student_type,
+            "student_arch": common.student_arch}
     scheduler = student_scheduler(teacher.pipe.scheduler, steps=m, prediction_type=student_type)
     result = train_and_save(
         common=common, teacher=teacher, student_unet=unet, bind=bind, loss=loss, scheduler=scheduler, info=info,

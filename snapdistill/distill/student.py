@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+from snapdistill.distill.arch import build_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text
 from snapdistill.models.loading import STUDENT_INFO
@@ -17,32 +18,27 @@ from snapdistill.models.loading import STUDENT_INFO
 PREDICTION_CHOICES = ("same", "v_prediction")
 
 
-def guided_student(teacher_unet, cond_dim: int = 256):
-    """A copy of the teacher UNet with a guidance input (`time_cond_proj_dim = cond_dim`).
+def guided_student(teacher_unet, cond_dim: int = 256, arch: str = "same"):
+    """The teacher UNet (block-removed by `arch`, see `arch.py`) with a guidance input
+    (`time_cond_proj_dim = cond_dim`).
 
-    The new projection starts at zero, so before training the student is the teacher's conditional
+    The new projection starts at zero, so before training a `same` student is the teacher's conditional
     branch exactly; every other weight is the teacher's.
     """
-    from diffusers import UNet2DConditionModel
-
     if teacher_unet.config.time_cond_proj_dim is not None:
         raise SnapdistillError("the teacher UNet already takes a guidance input; distil steps instead")
-    config = dict(teacher_unet.config)
-    config["time_cond_proj_dim"] = cond_dim
-    student = UNet2DConditionModel.from_config(config)
-    missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
-    if unexpected or set(missing) != {"time_embedding.cond_proj.weight"}:
-        raise SnapdistillError(f"teacher weights do not fit the student: missing {missing}, unexpected {unexpected}")
+    student, report = build_student(teacher_unet, arch, time_cond_proj_dim=cond_dim)
+    if report.new != ["time_embedding.cond_proj.weight"]:
+        raise SnapdistillError(f"teacher weights do not fit the student: not from the teacher {report.new}")
     student.time_embedding.cond_proj.weight.data.zero_()
     return student
 
 
-def copy_student(teacher_unet):
-    """An independent copy of a UNet (the stage-2 student starts as its teacher)."""
-    from diffusers import UNet2DConditionModel
-
-    student = UNet2DConditionModel.from_config(teacher_unet.config)
-    student.load_state_dict(teacher_unet.state_dict())
+def copy_student(teacher_unet, arch: str = "same"):
+    """An independent copy of a UNet (the stage-2 student starts as its teacher), block-removed by `arch`."""
+    student, report = build_student(teacher_unet, arch)
+    if report.new:
+        raise SnapdistillError(f"teacher weights do not fit the student: not from the teacher {report.new}")
     return student
 
 

@@ -1,0 +1,49 @@
+"""`snapdistill inspect MODEL`: UNet parameters, UNet calls per image and measured s/image."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from snapdistill.cli import app
+from snapdistill.cli.options import AllowDownload, Device, Dtype
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="toy, sd15, sd21, sd21-base, a pipeline or student folder, or a checkpoint file.")],
+    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (default: a student's own count, else 20).")] = None,
+    guidance: Annotated[float, typer.Option("--guidance", help="Guidance scale s.")] = 7.5,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images in the timed batch.")] = 4,
+    size: Annotated[int | None, typer.Option("--size", help="Image side (default: as `sample`: 512, or a smaller native size).")] = None,
+    dtype: Dtype = "fp32",
+    device: Device = None,
+    allow_download: AllowDownload = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print a model's UNet parameter count, UNet calls per image and measured seconds per image.
+
+    Examples:
+
+      snapdistill inspect toy --steps 16
+
+      snapdistill inspect runs/small8/student
+
+      snapdistill inspect sd15 --steps 8 --guidance 7.5 --size 512 --device cuda --dtype bf16 --json
+    """
+    from snapdistill.inspect import InspectConfig, inspect_model
+
+    r = inspect_model(InspectConfig(model=model, steps=steps, guidance=guidance, batch_size=batch_size, size=size,
+                                    dtype=dtype, device=device, allow_download=allow_download))
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    why = ("guidance embedding: 1 per step" if r["guidance_embedding"] else
+           "classifier-free guidance: 2 per step" if r["unet_calls_per_image"] > r["steps"] else "no guidance: 1 per step")
+    typer.echo(f"model: {r['model']}")
+    typer.echo(f"UNet parameters: {r['unet_parameters']:,} ({r['unet_parameters'] / 1e6:.2f}M)")
+    typer.echo(f"UNet calls per image: {r['unet_calls_per_image']} ({r['steps']} steps, guidance {r['guidance']:g}, {why})")
+    typer.echo(f"s/image: {r['s_per_image']:.4f} (batch {r['batch_size']}, {r['size']} px, {r['scheduler']}, "
+               f"{r['device']}, {r['dtype']})")

@@ -1,0 +1,79 @@
+"""What a model costs: UNet parameters, UNet calls per image, and the measured seconds per image."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
+from snapdistill.sample import SampleConfig, _resolve_settings, count_unet_rows, generate
+
+TIMING_PROMPT = "a red circle on the left and a blue square at the top, white background"
+
+
+@dataclass
+class InspectConfig:
+    model: str                       # teacher name, pipeline folder or checkpoint file
+    steps: int | None = None         # None: the student's recorded count, else 20 (as `sample`)
+    guidance: float = 7.5
+    batch_size: int = 4              # images in the timed batch (copies of TIMING_PROMPT) ...
+    prompts: list[str] | None = None  # ... unless prompts are given
+    size: int | None = None          # None: as `sample` (512, or the model's native size when smaller)
+    dtype: str = "fp32"
+    device: str | None = None
+    allow_download: bool = False
+
+
+def unet_calls_per_image(steps: int, guidance: float, time_cond_proj_dim: int | None) -> int:
+    """steps × 2 with classifier-free guidance, else steps. As in diffusers' StableDiffusionPipeline, CFG runs
+    when guidance > 1 and the UNet takes no guidance embedding (`time_cond_proj_dim`)."""
+    cfg = guidance > 1 and time_cond_proj_dim is None
+    return steps * (2 if cfg else 1)
+
+
+def time_sampling(pipe, prompts: list[str], *, steps: int, guidance: float, size: int) -> dict:
+    """Warm up on one image, then time one batch of `prompts`: s/image and UNet rows per image."""
+    generate(pipe, prompts[:1], [0], steps=steps, guidance=guidance, size=size)
+    counter, handle = count_unet_rows(pipe.unet)
+    started = time.perf_counter()
+    try:
+        generate(pipe, prompts, list(range(len(prompts))), steps=steps, guidance=guidance, size=size)
+    finally:
+        handle.remove()
+    return {"s_per_image": (time.perf_counter() - started) / len(prompts),
+            "measured_unet_calls_per_image": counter[0] / len(prompts)}
+
+
+def inspect_model(config: InspectConfig) -> dict:
+    """Load the model, count its UNet parameters and calls per image, and time a batch."""
+    prompts = config.prompts or [TIMING_PROMPT] * config.batch_size
+    if not prompts:
+        raise SnapdistillError(f"--batch-size must be positive, got {config.batch_size}")
+    if config.steps is not None and config.steps <= 0:
+        raise SnapdistillError(f"--steps must be a positive integer, got {config.steps}")
+    device = config.device or default_device()
+    model = resolve_model(config.model, allow_download=config.allow_download)
+    pipe = load_pipeline(model, dtype=resolve_dtype(config.dtype, device), device=device,
+                         allow_download=config.allow_download)
+    sample_config = SampleConfig(model=config.model, out=Path("."), steps=config.steps, guidance=config.guidance,
+                                 size=config.size)
+    settings, pipe.scheduler = _resolve_settings(sample_config, pipe, model.path)
+    unet = pipe.unet.config
+    timing = time_sampling(pipe, prompts, steps=settings["steps"],
+                           guidance=config.guidance, size=settings["size"])
+    return {
+        "model": str(model.path),
+        "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+        "steps": settings["steps"],
+        "guidance": config.guidance,
+        "guidance_embedding": unet.time_cond_proj_dim is not None,
+        "unet_calls_per_image": unet_calls_per_image(settings["steps"], config.guidance, unet.time_cond_proj_dim),
+        **timing,
+        "size": settings["size"],
+        "scheduler": settings["scheduler"]["class"],
+        "batch_size": len(prompts),
+        "device": device,
+        "dtype": config.dtype,
+    }

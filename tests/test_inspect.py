@@ -1,0 +1,74 @@
+"""`snapdistill inspect`: parameter count, UNet calls per image (CFG or guidance input) and timing."""
+
+import json
+
+import pytest
+
+from snapdistill.inspect import unet_calls_per_image
+
+
+@pytest.fixture(scope="module")
+def tiny_guided_dir(tmp_path_factory):
+    """A tiny pipeline whose UNet takes the guidance embedding (like a distill-guidance student)."""
+    from snapdistill.models.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-w"), seed=2, time_cond_proj_dim=32)
+
+
+def _unet_params(folder):
+    from diffusers import UNet2DConditionModel
+
+    return sum(p.numel() for p in UNet2DConditionModel.from_pretrained(folder / "unet").parameters())
+
+
+@pytest.mark.parametrize("steps, guidance, w_dim, calls", [
+    (8, 7.5, None, 16), (8, 1.0, None, 8), (8, 0.0, None, 8), (4, 7.5, 256, 4), (20, 1.01, None, 40)])
+def test_unet_calls_per_image(steps, guidance, w_dim, calls):
+    assert unet_calls_per_image(steps, guidance, w_dim) == calls
+
+
+@pytest.mark.parametrize("fixture, guidance, calls", [
+    ("tiny_eps_dir", "7.5", 6), ("tiny_eps_dir", "1", 3), ("tiny_guided_dir", "7.5", 3)])
+def test_inspect_json_counts_and_measures(request, cli, fixture, guidance, calls):
+    folder = request.getfixturevalue(fixture)
+    code, out, err = cli("inspect", folder, "--steps", 3, "--guidance", guidance, "--batch-size", 2, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["unet_parameters"] == _unet_params(folder)
+    assert r["unet_calls_per_image"] == r["measured_unet_calls_per_image"] == calls
+    assert r["guidance_embedding"] == (fixture == "tiny_guided_dir")
+    assert r["s_per_image"] > 0 and (r["size"], r["batch_size"], r["steps"]) == (32, 2, 3)
+
+
+def test_inspect_prints_params_and_calls(cli, tiny_eps_dir):
+    code, out, err = cli("inspect", tiny_eps_dir, "--steps", 2, "--batch-size", 1)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1] == f"UNet parameters: {_unet_params(tiny_eps_dir):,} ({_unet_params(tiny_eps_dir) / 1e6:.2f}M)"
+    assert lines[2] == "UNet calls per image: 4 (2 steps, guidance 7.5, classifier-free guidance: 2 per step)"
+    assert lines[3].startswith("s/image: ")
+
+
+def test_inspect_default_steps_of_a_student(cli, tmp_path, tiny_eps_dir):
+    """A student folder's recorded step count is the default, as in `sample`."""
+    import shutil
+
+    folder = shutil.copytree(tiny_eps_dir, tmp_path / "student")
+    (folder / "snapdistill.json").write_text(json.dumps({"num_inference_steps": 2, "timesteps": [999, 499]}))
+    code, out, err = cli("inspect", folder, "--guidance", "1", "--batch-size", 1, "--json")
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2 and json.loads(out)["unet_calls_per_image"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--steps", "0"), "--steps must be a positive integer"),
+    (("--batch-size", "0"), "--batch-size must be positive"),
+])
+def test_inspect_bad_input(cli, tiny_eps_dir, args, message):
+    code, _, err = cli("inspect", tiny_eps_dir, *args)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_inspect_unknown_model(cli):
+    code, _, err = cli("inspect", "sd99")
+    assert code == 2 and "unknown teacher 'sd99'" in err
