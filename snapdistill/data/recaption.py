@@ -1,0 +1,253 @@
+"""The `recaption` stage: shards in, shards out, with a cleaned or model-written `txt`.
+
+* `clean`: `captions.clean` on the original caption (no model).
+* `replace`: the captioner's caption.
+* `keep-better`: whichever of the cleaned original and the model caption has the higher CLIP
+  similarity to the image.
+
+Every sample keeps its other members; `txt_orig` holds the caption as it came in (the first stage's,
+when recaptioning twice) and the json gains `caption_source` and any scores. A sample that cannot be
+read is passed through unchanged and counted. Shards are split across `accelerate launch` processes;
+a shard is done when it and its `stats/NAME.json` exist, so a stopped run resumes shard by shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from snapdistill.data import captions
+from snapdistill.data.shards import ShardFile, check_settings
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
+
+MODES = ("clean", "replace", "keep-better")
+STATS = "stats"
+RUN_CONFIG = "run.json"
+
+
+@dataclass
+class RecaptionConfig:
+    """Everything `recaption` needs; the CLI fills it."""
+
+    input: Path                          # a build-data (or recaption) output folder
+    out: Path
+    mode: str = "clean"                  # clean | replace | keep-better
+    captioner: Path | None = None        # local transformers image-to-text folder
+    prompt: str | None = None            # text prefix the captioner continues (BLIP: "a photography of")
+    max_new_tokens: int = 40
+    clip: Path | None = None             # open_clip folder or checkpoint (keep-better)
+    clip_arch: str | None = None         # architecture of a --clip checkpoint file
+    batch_size: int = 16
+    dtype: str = "fp32"
+    device: str | None = None            # None: cuda when available, else cpu
+
+
+def read_samples(path: Path) -> Iterator[dict]:
+    """Samples of a tar as {"__key__": key, ext: bytes}, in file order (webdataset's grouping)."""
+    current: dict | None = None
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if current is None or current["__key__"] != key or ext in current:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key}
+                current[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError) as e:
+        raise SnapdistillError(f"{path}: unreadable shard ({e}); rebuild it with build-data") from e
+    if current is not None:
+        yield current
+
+
+@dataclass
+class Parsed:
+    """The parts of a sample recaptioning needs."""
+
+    sample: dict
+    info: dict
+    original: str
+    image: object = None
+
+
+def parse(sample: dict, need_image: bool) -> Parsed:
+    """Raises (ValueError, OSError...) when the sample is unreadable."""
+    from PIL import Image
+
+    info = json.loads(sample["json"]) if "json" in sample else {}
+    if not isinstance(info, dict):
+        raise ValueError("json is not an object")
+    original = (sample.get("txt_orig") or sample["txt"]).decode("utf-8")
+    image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB") if need_image else None
+    return Parsed(sample, info, original, image)
+
+
+class Recaptioner:
+    """Turns a batch of samples into recaptioned ones, counting what happened."""
+
+    def __init__(self, mode: str, captioner=None, clip=None, model_name: str | None = None):
+        self.mode, self.captioner, self.clip, self.model_name = mode, captioner, clip, model_name
+        self.counts: dict[str, int] = {}
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def _choose(self, parsed: list[Parsed]) -> list[tuple[str, str, dict]]:
+        """(caption, caption_source, scores) per parsed sample."""
+        cleaned = [captions.clean(p.original) for p in parsed]
+        # A caption that cleaning empties (it was only a URL, say) is kept as it was.
+        self._count("emptied_by_cleaning", sum(not c for c in cleaned))
+        cleaned = [c or p.original for c, p in zip(cleaned, parsed)]
+        if self.mode == "clean":
+            return [(c, "cleaned", {}) for c in cleaned]
+        model = [captions.clean(c) for c in self.captioner([p.image for p in parsed])]
+        if self.mode == "replace":
+            return [(m, "model", {}) if m else (c, "cleaned", {}) for m, c in zip(model, cleaned)]
+        images = [p.image for p in parsed]
+        sim_orig = self.clip(images, cleaned)
+        sim_model = self.clip(images, [m or c for m, c in zip(model, cleaned)])
+        out = []
+        for c, m, so, sm in zip(cleaned, model, sim_orig, sim_model):
+            scores = {"clip_sim_original": round(float(so), 5), "clip_sim_model": round(float(sm), 5)}
+            out.append((m, "model", scores) if m and sm > so else (c, "cleaned", scores))
+        return out
+
+    def __call__(self, samples: list[dict]) -> list[dict]:
+        parsed, readable = [], {}
+        for i, sample in enumerate(samples):
+            try:
+                readable[i] = len(parsed)
+                parsed.append(parse(sample, need_image=self.mode != "clean"))
+            except Exception:  # unreadable: passed through unchanged, as the stage promises
+                readable.pop(i)
+        self._count("samples", len(samples))
+        self._count("passed_through", len(samples) - len(parsed))
+        choices = self._choose(parsed) if parsed else []
+        out = []
+        for i, sample in enumerate(samples):
+            if i not in readable:
+                out.append(sample)
+                continue
+            p = parsed[readable[i]]
+            caption, source, scores = choices[readable[i]]
+            self._count(f"caption_source_{source}")
+            self._count("changed", caption != p.original)
+            info = {**p.info, "caption_source": source, "scores": {**p.info.get("scores", {}), **scores}}
+            if source == "model":
+                info["caption_model"] = self.model_name
+            out.append({**sample, "txt": caption.encode("utf-8"), "txt_orig": p.original.encode("utf-8"),
+                        "json": json.dumps(info, ensure_ascii=False).encode("utf-8")})
+        return out
+
+
+def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: int) -> dict:
+    """Write the recaptioned copy of shard `src` to `dst`; return its counts."""
+    before = dict(recaptioner.counts)
+    shard = ShardFile(dst)
+    batch: list[dict] = []
+    for sample in read_samples(src):
+        batch.append(sample)
+        if len(batch) == batch_size:
+            for s in recaptioner(batch):
+                shard.write(s)
+            batch = []
+    for s in recaptioner(batch) if batch else []:
+        shard.write(s)
+    shard.close()
+    return {k: v - before.get(k, 0) for k, v in recaptioner.counts.items() if v - before.get(k, 0)}
+
+
+def check(config: RecaptionConfig) -> list[Path]:
+    """Refuse bad settings with one line, before anything is written; return the input shards."""
+    from snapdistill.data.captioners import check_captioner
+
+    if config.mode not in MODES:
+        raise SnapdistillError(f"--mode must be one of {', '.join(MODES)}, got '{config.mode}'")
+    if config.batch_size <= 0 or config.max_new_tokens <= 0:
+        raise SnapdistillError("--batch-size and --max-new-tokens must be positive")
+    if not Path(config.input).is_dir():
+        raise SnapdistillError(f"{config.input}: input folder not found; give a build-data output folder")
+    require_manifest(config.input)
+    shards = sorted(Path(config.input).glob("*.tar"))
+    if not shards:
+        raise SnapdistillError(f"{config.input}: no .tar shards to recaption")
+    if Path(config.out).resolve() == Path(config.input).resolve():
+        raise SnapdistillError(f"{config.out}: --out must differ from the input folder")
+    if config.mode != "clean":
+        if config.captioner is None:
+            raise SnapdistillError(f"--mode {config.mode} needs --captioner PATH (a local BLIP or other captioner)")
+        check_captioner(config.captioner)
+    if config.mode == "keep-better" and (config.clip is None or not Path(config.clip).exists()):
+        raise SnapdistillError(f"{config.clip}: --mode keep-better needs --clip PATH (an open_clip folder or checkpoint)")
+    return shards
+
+
+def load(config: RecaptionConfig, device: str) -> Recaptioner:
+    """The models the mode needs, on `device`."""
+    from snapdistill.data.captioners import Captioner, ClipSimilarity
+    from snapdistill.models.loading import resolve_dtype
+
+    captioner = clip = None
+    if config.mode != "clean":
+        captioner = Captioner(config.captioner, device=device, dtype=resolve_dtype(config.dtype, device),
+                              prompt=config.prompt, max_new_tokens=config.max_new_tokens)
+    if config.mode == "keep-better":
+        clip = ClipSimilarity(config.clip, arch=config.clip_arch, device=device)
+    name = Path(config.captioner).name if config.captioner else None
+    return Recaptioner(config.mode, captioner, clip, name)
+
+
+def _settings(config: RecaptionConfig) -> dict:
+    body = asdict(config)
+    for key in ("batch_size", "device", "out"):  # batching and placement do not change the captions' meaning
+        body.pop(key)
+    return json.loads(json.dumps(body, default=str))
+
+
+def _totals(out: Path, shards: list[Path]) -> tuple[dict, dict]:
+    per_shard = {s.name: json.loads((out / STATS / f"{s.name}.json").read_text(encoding="utf-8")) for s in shards}
+    totals: dict[str, int] = {}
+    for counts in per_shard.values():
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + v
+    return totals, per_shard
+
+
+def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> Path:
+    """Recaption every shard of `config.input` into `config.out`; return the manifest path."""
+    from accelerate import PartialState
+
+    from snapdistill.models.loading import default_device
+
+    shards = check(config)
+    state = PartialState()
+    device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
+    recaptioner = recaptioner or load(config, device)
+    out = Path(config.out)
+    if state.is_main_process:
+        (out / STATS).mkdir(parents=True, exist_ok=True)
+        check_settings(out, RUN_CONFIG, _settings(config))
+        (out / MANIFEST).unlink(missing_ok=True)
+    state.wait_for_everyone()
+    for shard in shards[state.process_index :: state.num_processes]:
+        stats = out / STATS / f"{shard.name}.json"
+        if (out / shard.name).is_file() and stats.is_file():
+            continue  # finished before a stop
+        counts = recaption_shard(shard, out / shard.name, recaptioner, config.batch_size)
+        atomic_write_text(stats, json.dumps(counts) + "\n")
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return out / MANIFEST
+    totals, per_shard = _totals(out, shards)
+    inputs = [input_entry(config.input)] + [input_entry(p) for p in (config.captioner, config.clip) if p]
+    return write_manifest(out, stage="recaption", config={**asdict(config), "device": device}, inputs=inputs,
+                          outputs={"shards": [s.name for s in shards], "stats": STATS,
+                                   "keys": ["jpg", "txt", "txt_orig", "json"]},
+                          counts={**totals, "shards": len(shards), "per_shard": per_shard})
