@@ -30,11 +30,96 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check snapdistill tests examples
 
-bench: install
-	$(PY) -m snapdistill.bench --out bench.json
+# ---------------------------------------------------------------------------------------------
+# `make reproduce`: the whole pipeline, each stage a file target on its manifest.json, so a rerun
+# redoes only what changed. PROFILE=toy (the default) runs on 2 CPU cores in about 15 minutes;
+# PROFILE=sd15 or sd21 runs the real recipe on GPU nodes (see README, "The SD recipe").
+R := $(RUNS)/$(PROFILE)
+STUDENTS := direct8 direct4 progressive8 progressive4
+SAMPLE_RUNS := teacher20 teacher16 teacher8 guided16 $(STUDENTS)
 
-reproduce: install
-	$(PY) -m snapdistill.reproduce --profile $(PROFILE) --runs $(RUNS)
+ifeq ($(PROFILE),toy)
+SD := $(BIN)/snapdistill
+TEACHER := toy
+# Training pairs, toy val prompts per sampled row, optimisation steps of stage 1 and of each stage-2
+# run (per round when progressive).
+TOY_PAIRS ?= 8192
+EVAL_N ?= 512
+GUIDED_STEPS ?= 400
+STEPS_STEPS ?= 250
+SOURCES ?= toy:$(TOY_PAIRS)
+BUILD_FLAGS ?= --resolution 32 --shard-size 1024 --prefix toy --workers 2
+TRAIN_FLAGS ?= --batch-size 32 --lr 1e-4 --checkpoint-every 100
+PROMPT_FLAGS ?= --toy-val $(EVAL_N)
+SAMPLE_FLAGS ?= --batch-size 64
+EVAL_FLAGS ?=
+else
+# The real recipe: weights from $$SNAPDISTILL_MODELS/$(PROFILE) or the Hugging Face cache, data and
+# metric checkpoints by path. Every variable below can be set on the command line.
+SD := $(BIN)/accelerate launch -m snapdistill
+TEACHER := $(PROFILE)
+SOURCES ?= $(error set SOURCES, e.g. SOURCES="laion-art:/data/laion-art coco:/data/coco/annotations/captions_train2017.json,images=/data/coco/train2017")
+COCO_CAPTIONS ?= $(error set COCO_CAPTIONS to captions_val2017.json)
+COCO_IMAGES ?= $(error set COCO_IMAGES to the val2017 image folder)
+INCEPTION ?= $(error set INCEPTION to the FID Inception weights (pt_inception-2015-12-05.pth))
+CLIP_MODEL ?= ViT-g-14
+CLIP_CKPT ?= $(error set CLIP_CKPT to the open_clip checkpoint of CLIP_MODEL)
+EVAL_N ?= 5000
+GUIDED_STEPS ?= 6000
+STEPS_STEPS ?= 4000
+BUILD_FLAGS ?= --resolution 512 --min-side 512 --workers 16
+TRAIN_FLAGS ?= --batch-size 8 --grad-accum 4 --lr 1e-5 --mixed-precision bf16 --gradient-checkpointing --checkpoint-every 500
+PROMPT_FLAGS ?= --coco $(COCO_CAPTIONS) --limit $(EVAL_N)
+SAMPLE_FLAGS ?= --batch-size 16 --dtype bf16 --size 512
+EVAL_FLAGS ?= --inception-weights $(INCEPTION) --fid-reference $(COCO_IMAGES) --clip-model $(CLIP_MODEL) --clip-checkpoint $(CLIP_CKPT)
+endif
+
+reproduce: install $(R)/report/manifest.json
+	@echo "report: $(R)/report/report.md"
+
+# `make bench` samples 1,024 toy val prompts per row from the runs that reproduce trains.
+bench: install $(foreach r,guided $(STUDENTS) direct8-base,$(RUNS)/toy/$(r)/manifest.json)
+	$(PY) -m snapdistill.bench --runs $(RUNS)/toy --out bench.json
+
+$(R)/shards/manifest.json: | install
+	$(SD) build-data $(foreach s,$(SOURCES),--source $(s)) $(BUILD_FLAGS) --out $(R)/shards
+
+$(R)/shards-clean/manifest.json: $(R)/shards/manifest.json
+	$(SD) recaption --in $(R)/shards --mode clean --out $(R)/shards-clean
+
+$(R)/guided/manifest.json: $(R)/shards-clean/manifest.json
+	$(SD) distill-guidance --teacher $(TEACHER) --shards $(R)/shards-clean --max-steps $(GUIDED_STEPS) \
+		$(TRAIN_FLAGS) --overwrite --out $(R)/guided
+
+# Stage 2 from the stage-1 student (the two-stage route): NAME, MODE, STEPS.
+define STUDENT_RULE
+$(R)/$(1)/manifest.json: $(R)/guided/manifest.json
+	$(SD) distill-steps --teacher $(R)/guided/student --shards $(R)/shards-clean --from 16 --to $(3) \
+		--mode $(2) --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/$(1)
+endef
+$(eval $(call STUDENT_RULE,direct8,direct,8))
+$(eval $(call STUDENT_RULE,direct4,direct,4))
+$(eval $(call STUDENT_RULE,progressive8,progressive,8))
+$(eval $(call STUDENT_RULE,progressive4,progressive,4))
+
+# SnapFusion's route, for the bench: the base teacher -> an unguided 8-step student.
+$(R)/direct8-base/manifest.json: $(R)/shards-clean/manifest.json
+	$(SD) distill-steps --teacher $(TEACHER) --shards $(R)/shards-clean --from 16 --to 8 --mode direct \
+		--max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/direct8-base
+
+# Sampled rows: the teacher (DPM-Solver++ with CFG 7.5) at 8/16/20 steps, the students at their own.
+$(R)/samples/teacher%/manifest.json: | install
+	$(SD) sample --teacher $(TEACHER) $(PROMPT_FLAGS) --steps $* $(SAMPLE_FLAGS) --out $(R)/samples/teacher$*
+
+$(R)/samples/guided16/manifest.json: $(R)/guided/manifest.json
+	$(SD) sample --teacher $(R)/guided/student $(PROMPT_FLAGS) --steps 16 $(SAMPLE_FLAGS) --out $(R)/samples/guided16
+
+$(R)/samples/%/manifest.json: $(R)/%/manifest.json
+	$(SD) sample --teacher $(R)/$*/student $(PROMPT_FLAGS) $(SAMPLE_FLAGS) --out $(R)/samples/$*
+
+$(R)/report/manifest.json: $(foreach r,$(SAMPLE_RUNS),$(R)/samples/$(r)/manifest.json)
+	$(SD) eval $(foreach r,$(SAMPLE_RUNS),$(R)/samples/$(r)) --mse-reference $(R)/samples/teacher16 \
+		$(EVAL_FLAGS) --out $(R)/report
 
 clean:
 	rm -rf $(RUNS) bench.json .pytest_cache

@@ -1,0 +1,266 @@
+"""`make bench`: the toy-world figures, the distillation step cost and the data throughput.
+
+Every image figure uses the same toy val prompts and seeds; each figure is measured in this run, beside
+its baseline, and written to bench.json (see BENCH.md for the keys). A section whose inputs are not
+built is left out, never filled with a placeholder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from snapdistill.manifest import git_commit
+
+# name -> (model: "toy" or a run folder under runs/toy, steps (None: the student's own), guidance, scheduler)
+ROWS = {
+    "teacher16_cfg": ("toy", 16, 7.5, None),
+    "teacher16_nocfg": ("toy", 16, 1.0, None),
+    "teacher8_cfg": ("toy", 8, 7.5, None),
+    "teacher20_cfg": ("toy", 20, 7.5, None),
+    "teacher4_cfg": ("toy", 4, 7.5, None),
+    "guided8_dpm": ("guided", 8, 7.5, "dpmsolver++"),
+    "guided16": ("guided", 16, 7.5, "dpmsolver++"),
+    "direct8": ("direct8", None, 7.5, None),
+    "direct4": ("direct4", None, 7.5, None),
+    "progressive8": ("progressive8", None, 7.5, None),
+    "progressive4": ("progressive4", None, 7.5, None),
+    "direct8_base": ("direct8-base", None, 7.5, None),
+}
+REFERENCE = "teacher16_cfg"
+
+
+def _model_path(runs: Path, model: str) -> str | None:
+    """The model to sample: the toy teacher, or a finished run's student (None when not built)."""
+    if model == "toy":
+        return "toy"
+    folder = runs / model
+    return str(folder / "student") if (folder / "manifest.json").is_file() else None
+
+
+def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts, out: Path) -> dict:
+    """Render the row's images (reused when already there); return its sample manifest."""
+    from snapdistill import sample
+
+    config = sample.SampleConfig(model=model, out=out / name, steps=steps, guidance=guidance, scheduler=scheduler,
+                                 batch_size=64, source={"toy_val": len(prompts)})
+    return json.loads(sample.run(config, prompts).read_text())
+
+
+def seconds_per_image(model: str, steps, guidance: float, scheduler, batch: int = 16,
+                      repeats: int = 3) -> tuple[float, int]:
+    """(wall-clock per image at batch 16, model loaded and warmed up (median of `repeats`); UNet parameters)."""
+    from snapdistill import sample
+    from snapdistill.models.loading import load_pipeline, resolve_model
+    from snapdistill.toy.world import toy_val_prompts
+
+    resolved = resolve_model(model)
+    pipe = load_pipeline(resolved)
+    settings, pipe.scheduler = sample._resolve_settings(
+        sample.SampleConfig(model=model, out=Path("."), steps=steps, guidance=guidance, scheduler=scheduler),
+        pipe, resolved.path)
+    prompts, seeds = toy_val_prompts(batch), list(range(batch))
+    kw = dict(steps=settings["steps"], guidance=guidance, size=settings["size"])
+    sample.generate(pipe, prompts, seeds, **kw)
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        sample.generate(pipe, prompts, seeds, **kw)
+        times.append((time.perf_counter() - tick) / batch)
+    return statistics.median(times), sum(p.numel() for p in pipe.unet.parameters())
+
+
+def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
+    """Every buildable row: judge accuracy, toy FID, same-noise MSE vs teacher16_cfg, cost."""
+    from snapdistill.metrics import image_paths, open_images, read_rows
+    from snapdistill.metrics.toy import (
+        image_mse,
+        judge_per_image,
+        load_toy_judge,
+        real_toy_features,
+        toy_summary,
+    )
+    from snapdistill.prompts import collect_prompts
+
+    prompts = collect_prompts(toy_val=n_prompts)
+    judge = load_toy_judge()
+    real = real_toy_features(judge)
+    rows = {}
+    for name, (model, steps, guidance, scheduler) in ROWS.items():
+        path = _model_path(runs, model)
+        if path is None:
+            continue
+        manifest = sample_row(name, path, steps, guidance, scheduler, prompts, out)
+        folder = out / name
+        listed = read_rows(folder)
+        per_image = []
+        for lo in range(0, len(listed), 256):
+            chunk = listed[lo : lo + 256]
+            per_image += judge_per_image(judge, open_images(image_paths(folder, chunk)), [r["prompt"] for r in chunk])
+        summary = toy_summary(per_image, real)
+        ref = out / REFERENCE
+        mse = image_mse(image_paths(folder, listed), image_paths(ref, read_rows(ref)))
+        s_img, params = seconds_per_image(path, steps, guidance, scheduler)
+        rows[name] = {
+            "steps": manifest["config"]["steps"], "guidance": guidance,
+            "fid": summary["fid"], "acc": summary["acc"], "exact": summary["exact"],
+            "mse_vs_ref": float(mse.mean()), "s_per_image": s_img,
+            "unet_calls": manifest["metrics"]["unet_calls_per_image"], "params": params,
+            "n": summary["n"],
+        }
+        print(f"{name:>16}: fid {summary['fid']:.2f} acc {summary['acc']:.3f} exact {summary['exact']:.3f} "
+              f"mse {float(mse.mean()):.5f} {s_img * 1000:.1f} ms/img", flush=True)
+    return rows
+
+
+def judge_figures(n: int = 1024) -> dict:
+    """The judge's exact accuracy on real toy val images and on their toy-VAE reconstructions."""
+    from snapdistill.metrics.toy import load_toy_judge
+    from snapdistill.toy.judge import judge_images, toy_tensors
+    from snapdistill.toy.paths import load_toy_teacher
+    from snapdistill.toy.vae import decode, encode_mean
+
+    judge = load_toy_judge()
+    x, captions = toy_tensors("val", n)
+    vae = load_toy_teacher().vae
+    with torch.no_grad():
+        recon = decode(vae, encode_mean(vae, x)).clamp(-1, 1)
+    return {"exact_real_val": judge_images(judge, x, captions)["exact"],
+            "exact_vae_recon": judge_images(judge, recon, captions)["exact"]}
+
+
+def _ratio(rows: dict, a: str, b: str, key: str = "fid") -> float | None:
+    if a in rows and b in rows and rows[a][key] and rows[b][key]:
+        return rows[a][key] / rows[b][key]
+    return None
+
+
+def ratios(rows: dict) -> dict:
+    """The figures of BENCH.md, from the rows that exist."""
+    ref = REFERENCE
+    out = {
+        "G": _ratio(rows, "guided16", ref), "Q8": _ratio(rows, "direct8", ref), "B8": _ratio(rows, "teacher8_cfg", ref),
+        "P8": _ratio(rows, "progressive8", ref), "Q4_direct": _ratio(rows, "direct4", ref),
+        "Q4_progressive": _ratio(rows, "progressive4", ref), "B4": _ratio(rows, "teacher4_cfg", ref),
+        "Q8_base_route": _ratio(rows, "direct8_base", ref),
+    }
+    baselines = [rows[k]["fid"] for k in ("teacher8_cfg", "guided8_dpm") if k in rows]
+    if baselines and ref in rows:
+        out["D8"] = min(baselines) / rows[ref]["fid"]
+    if "direct8" in rows and ref in rows:
+        out["S"] = rows[ref]["s_per_image"] / rows["direct8"]["s_per_image"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
+    """T: one distillation step (16->8, guided route) over its parts timed alone."""
+    from snapdistill.diffusion import DiffusionModel
+    from snapdistill.distill.data import TextEmbeddings
+    from snapdistill.distill.grid import final_alpha_cumprod, student_grid
+    from snapdistill.distill.guided import Guided
+    from snapdistill.distill.losses import Batch, StepLoss
+    from snapdistill.distill.student import copy_student
+    from snapdistill.models.loading import load_pipeline, resolve_model
+    from snapdistill.toy.world import toy_val_prompts
+
+    folder = runs / "guided" / "student"
+    if not (runs / "guided" / "manifest.json").is_file():
+        return None
+    pipe = load_pipeline(resolve_model(str(folder)))
+    teacher = DiffusionModel.from_pipeline(pipe)
+    w_dim = pipe.unet.config.time_cond_proj_dim
+    student_unet = copy_student(pipe.unet).train()
+    student = Guided(DiffusionModel(student_unet, teacher.schedule, teacher.prediction_type), w_dim)
+    optimizer = torch.optim.AdamW(student_unet.parameters(), lr=1e-6)
+    cfg = pipe.scheduler.config
+    loss = StepLoss(teacher=Guided(teacher, w_dim), student=student, schedule=teacher.schedule,
+                    grid=student_grid(cfg, 8), substeps=2, final_alpha_cumprod=final_alpha_cumprod(cfg, teacher.schedule))
+    text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
+    lat = 2 * torch.randn(batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    data = Batch(latents=lat, cond=text(toy_val_prompts(batch)), uncond=text([""]))
+    t = torch.full((batch,), 874)
+    s = torch.full((batch,), 7.5)
+
+    def timed(fn) -> float:
+        fn()
+        values = []
+        for _ in range(repeats):
+            tick = time.perf_counter()
+            fn()
+            values.append(time.perf_counter() - tick)
+        return statistics.median(values)
+
+    def full_step():
+        value = loss(data, torch.Generator().manual_seed(0)).mean()
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def teacher_part():
+        loss.teacher_landing(lat, t, torch.full((batch,), 749), data, s)
+
+    def student_part():
+        student(lat, t, data.cond, data.uncond, s).x0.square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    whole, parts = timed(full_step), timed(teacher_part) + timed(student_part)
+    return {"step_s": whole, "parts_s": parts, "T": whole / parts}
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = result.get("toy", {})
+    table = Table(title="snapdistill bench (toy world)")
+    for col in ("row", "steps", "guidance", "fid", "acc", "exact", "mse_vs_ref", "ms/img", "unet_calls", "params"):
+        table.add_column(col, justify="right")
+    for name, r in rows.items():
+        table.add_row(name, str(r["steps"]), f"{r['guidance']:g}", f"{r['fid']:.2f}", f"{r['acc']:.3f}",
+                      f"{r['exact']:.3f}", f"{r['mse_vs_ref']:.5f}", f"{r['s_per_image'] * 1000:.1f}",
+                      f"{r['unet_calls']:g}", f"{r['params']:,}")
+    console = Console()
+    console.print(table)
+    for section in ("judge", "ratios", "distill_step", "data"):
+        if section in result:
+            console.print(f"[bold]{section}[/bold]: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result[section].items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Measure the toy-world figures; write bench.json.")
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--runs", default="runs/toy", help="where `make reproduce` left its runs")
+    parser.add_argument("--prompts", type=int, default=1024)
+    parser.add_argument("--skip-data", action="store_true")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    result = {"version": 1, "commit": git_commit(),
+              "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "device": "cpu",
+                          "python": platform.python_version()}}
+    result["toy"] = toy_rows(runs, runs / "bench", args.prompts)
+    result["judge"] = judge_figures()
+    result["ratios"] = ratios(result["toy"])
+    cost = step_cost(runs)
+    if cost:
+        result["distill_step"] = cost
+        result["ratios"]["T"] = cost["T"]
+    if not args.skip_data:
+        from snapdistill.bench_data import bench_data
+
+        result["data"] = bench_data(runs / "bench-data")
+    Path(args.out).write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print_table(result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
