@@ -40,7 +40,7 @@ SAMPLE_RUNS := teacher20 teacher16 teacher8 guided16 $(STUDENTS)
 
 ifeq ($(PROFILE),toy)
 SD := $(BIN)/snapdistill
-TEACHER := toy
+TEACHER ?= toy
 # Training pairs, toy val prompts per sampled row, optimisation steps of stage 1 and of each stage-2
 # run (per round when progressive).
 TOY_PAIRS ?= 8192
