@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, write_manifest
+from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, read_manifest, write_manifest
 from snapdistill.models.loading import (
     default_device,
     load_pipeline,
@@ -190,6 +190,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     settings, pipe.scheduler = _resolve_settings(config, pipe, model.path)
     if state.is_main_process:
         _check_rerun(out, settings)
+        previous = (read_manifest(out) or {}).get("metrics", {})  # same settings: its costs still hold
         (out / MANIFEST).unlink(missing_ok=True)  # the folder is no longer a finished run
         atomic_write_text(out / RUN_CONFIG, json.dumps(settings, indent=2) + "\n")
         rows = [{"index": it.index, "prompt": it.prompt, "seed": config.seed + it.index, "style": it.style,
@@ -236,8 +237,8 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
         counts={"images": len(items), "rendered_now": rendered, "skipped_present": len(items) - len(todo),
                 "processes": state.num_processes},
         metrics={
-            "unet_calls_per_image": counter[0] / rendered if rendered else None,
-            "s_per_image": elapsed / rendered if rendered else None,
+            "unet_calls_per_image": counter[0] / rendered if rendered else previous.get("unet_calls_per_image"),
+            "s_per_image": elapsed / rendered if rendered else previous.get("s_per_image"),
         },
         seed=config.seed,
     )

@@ -84,6 +84,9 @@ def test_outputs_manifest_and_rerun(tmp_path, tiny_eps_dir):
     assert (m2["counts"]["rendered_now"], m2["counts"]["skipped_present"]) == (1, 3)
     assert (out / "images" / "00000-s5.png").stat().st_mtime == 1
     assert (out / "images" / "00001-s6.png").read_bytes() == first
+    # A rerun with nothing left to draw keeps the measured costs of the run that drew the images.
+    m3 = json.loads(stage.run(cfg, _items()).read_text())
+    assert m3["counts"]["rendered_now"] == 0 and m3["metrics"]["unet_calls_per_image"] == 6
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path, tiny_eps_dir):
