@@ -45,7 +45,7 @@ def _root(
 
 def _register() -> None:
     # Commands register themselves on import; only working commands are listed here.
-    from snapdistill.cli import build_data, distill, inspect_cmd, recaption, sample  # noqa: F401
+    from snapdistill.cli import build_data, distill, eval, inspect_cmd, recaption, sample, toy  # noqa: F401
 
 
 _register()

@@ -1,0 +1,377 @@
+"""The `eval` stage: score sample runs with HPSv2, FID, CLIP score and the toy judge; write the report.
+
+Inputs are `sample` folders (refused without their manifest). Every metric runs per image on each
+process's share of the prompts (split by index) and is gathered in prompt order, so the numbers do
+not depend on the number of processes; rank 0 writes `report.json`, `report.md`, the plots and,
+last, `manifest.json`. With `guidance_sweep`, each run is sampled again at every listed guidance
+scale (through the `sample` stage, into OUT/sweep/) for the FID–CLIP trade-off curves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
+from snapdistill.metrics import image_paths, open_images, read_rows
+from snapdistill.metrics.aggregate import mean_summary
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+@dataclass
+class EvalConfig:
+    """Everything `eval` needs; the CLI fills it."""
+
+    runs: list[Path]                                  # sample run folders
+    out: Path                                         # report folder
+    labels: list[str] | None = None                   # one per run; default: from each run's model
+    hps_checkpoint: Path | None = None                # HPS_v2*_compressed.pt
+    hps_version: str | None = None                    # v2.0 or v2.1, always explicit
+    clip_model: str | None = None                     # open_clip architecture name or JSON config
+    clip_checkpoint: Path | None = None
+    inception_weights: Path | None = None             # torch-fidelity's FID Inception weights
+    fid_reference: Path | None = None                 # folder of reference images (COCO val2017)
+    fid_reference_limit: int | None = None
+    fid_cache: Path | None = None                     # None: ~/.cache/snapdistill/fid
+    toy: bool | None = None                           # judge metrics; None: for runs of toy val prompts
+    mse_reference: Path | None = None                 # a sample run of the same prompts and seeds
+    guidance_sweep: list[float] | None = None         # re-sample each run at these guidance scales
+    include_reports: list[Path] = field(default_factory=list)  # earlier eval folders whose rows join the table
+    grid_images: int = 6                              # columns of the model-comparison grid
+    batch_size: int = 32
+    device: str | None = None                         # None: cuda when available, else cpu
+
+
+@dataclass
+class SampleRun:
+    """One sample folder as eval sees it."""
+
+    path: Path
+    manifest: dict
+    rows: list[dict]
+    label: str
+    sweep: bool = False
+
+    @property
+    def steps(self) -> int | None:
+        return self.manifest["config"].get("steps")
+
+    @property
+    def guidance(self) -> float | None:
+        return self.manifest["config"].get("guidance")
+
+    @property
+    def is_toy(self) -> bool:
+        return bool(self.manifest["config"].get("source", {}).get("toy_val"))
+
+
+def default_label(manifest: dict, folder: Path) -> str:
+    """A short model name: the teacher name, or the run folder of a student (`runs/direct8/student` -> direct8)."""
+    spec = str(manifest.get("config", {}).get("model") or "")
+    if not spec:
+        return Path(folder).name
+    path = Path(spec)
+    return path.parent.name if path.name in ("student", "unet") and path.parent.name else path.name or spec
+
+
+def read_run(folder: Path, label: str | None = None, *, sweep: bool = False) -> SampleRun:
+    """A sample folder with its manifest and rows, refused when any image is missing."""
+    folder = Path(folder)
+    manifest = require_manifest(folder, stage="sample")
+    rows = read_rows(folder)
+    image_paths(folder, rows)
+    return SampleRun(folder, manifest, rows, label or default_label(manifest, folder), sweep)
+
+
+def _need_file(path: Path | None, what: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise SnapdistillError(f"{path}: {what} not found")
+
+
+def validate(config: EvalConfig, *, fid_feature=None) -> None:
+    """Refuse bad settings before any model loads: missing paths, half-given pairs, HPS version clashes."""
+    from snapdistill.metrics.hps import check_version, version_in_filename
+
+    if not config.runs:
+        raise SnapdistillError("give at least one sample run folder to evaluate")
+    if config.batch_size <= 0:
+        raise SnapdistillError(f"--batch-size must be positive, got {config.batch_size}")
+    if config.labels and len(config.labels) != len(config.runs):
+        raise SnapdistillError(f"{len(config.labels)} --label for {len(config.runs)} runs; give one per run or none")
+    _need_file(config.hps_checkpoint, "HPS checkpoint")
+    _need_file(config.clip_checkpoint, "CLIP checkpoint")
+    _need_file(config.inception_weights, "Inception weights")
+    if config.hps_checkpoint and not config.hps_version:
+        raise SnapdistillError("--hps-checkpoint needs --hps-version v2.0 or v2.1 (their scores are not comparable)")
+    if config.hps_checkpoint:
+        check_version(config.hps_version)
+        named = version_in_filename(config.hps_checkpoint)
+        if named and named != config.hps_version:
+            raise SnapdistillError(
+                f"{config.hps_checkpoint}: the file is HPS {named} but --hps-version is {config.hps_version}; "
+                "v2.0 and v2.1 cannot be mixed in one comparison"
+            )
+    if bool(config.clip_model) != bool(config.clip_checkpoint):
+        raise SnapdistillError("CLIP score needs both --clip-model and --clip-checkpoint")
+    if bool(config.inception_weights or fid_feature is not None) != bool(config.fid_reference):
+        raise SnapdistillError("FID needs both --inception-weights and --fid-reference")
+    if config.fid_reference and not Path(config.fid_reference).is_dir():
+        raise SnapdistillError(f"{config.fid_reference}: FID reference folder not found (e.g. COCO val2017/)")
+    if config.mse_reference:
+        require_manifest(config.mse_reference, stage="sample")
+    for g in config.guidance_sweep or []:
+        if g < 1.0:
+            raise SnapdistillError(f"--guidance-sweep values must be >= 1 (1 means no guidance), got {g}")
+
+
+def included_rows(folders: list[Path], hps_version: str | None) -> list[dict]:
+    """Rows of earlier eval reports, refused when their HPS version differs from this one's or each other's."""
+    rows = []
+    for folder in folders:
+        require_manifest(folder, stage="eval")
+        try:
+            report = json.loads((Path(folder) / REPORT_JSON).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise SnapdistillError(f"{folder}: unreadable {REPORT_JSON} ({e}); rerun that eval") from e
+        rows += [{**r, "included_from": str(folder)} for r in report["rows"]]
+    versions = {r["metrics"]["hps"]["version"] for r in rows if r.get("metrics", {}).get("hps")}
+    versions |= {hps_version} if hps_version else set()
+    if len(versions) > 1:
+        raise SnapdistillError(
+            f"HPS {' and '.join(sorted(versions))} in one comparison; their scores are not comparable, "
+            "re-evaluate with one --hps-version"
+        )
+    return rows
+
+
+# Per-image work, split over processes ---------------------------------------------------------
+
+
+def map_rows(state, run: SampleRun, fn, batch_size: int) -> list:
+    """fn(images, rows) -> one value per row, on this process's share (index mod processes); gathered in row order."""
+    from accelerate.utils import gather_object
+
+    mine = list(range(state.process_index, len(run.rows), state.num_processes))
+    done = []
+    for lo in range(0, len(mine), batch_size):
+        idx = mine[lo : lo + batch_size]
+        rows = [run.rows[i] for i in idx]
+        values = fn(open_images(image_paths(run.path, rows)), rows)
+        done += list(zip(idx, values))
+    if state.num_processes > 1:
+        done = gather_object(done)
+    return [v for _, v in sorted(done, key=lambda pair: pair[0])]
+
+
+def _prompts(rows: list[dict]) -> list[str]:
+    return [r["prompt"] for r in rows]
+
+
+def _fid(scorers, state, run: SampleRun, batch_size: int) -> dict:
+    from snapdistill.metrics.fid import to_uint8_batch
+
+    paths = image_paths(run.path, run.rows)
+    w, h = open_images(paths[:1])[0].size
+    if w != h:
+        raise SnapdistillError(f"{paths[0]}: FID compares square images with the reference, got {w}x{h}")
+    fid = scorers.fid(w)
+    mine = paths[state.process_index :: state.num_processes]
+    batches = (to_uint8_batch(open_images(mine[lo : lo + batch_size])) for lo in range(0, len(mine), batch_size))
+    return fid.score(batches, n_fake=len(paths))
+
+
+def evaluate_run(run: SampleRun, scorers, state, config: EvalConfig) -> dict:
+    """Every configured metric of one run, each with its sample count."""
+    from snapdistill.metrics.hps import hps_summary
+    from snapdistill.metrics.toy import image_mse, judge_per_image, pair_with_reference, toy_summary
+
+    bs = config.batch_size
+    out = {}
+    if scorers.hps is not None:
+        scores = map_rows(state, run, lambda ims, rows: scorers.hps.score(ims, _prompts(rows), bs), bs)
+        out["hps"] = hps_summary(run.rows, np.array(scores), scorers.hps.version)
+    if scorers.clip is not None:
+        scores = map_rows(state, run, lambda ims, rows: scorers.clip.score(ims, _prompts(rows), bs), bs)
+        out["clip"] = {"score": mean_summary(scores)["mean"], "n": len(scores), "model": scorers.clip.name}
+    if scorers.fid_enabled:
+        out["fid"] = _fid(scorers, state, run, bs)
+    if config.toy or (config.toy is None and run.is_toy):
+        per_image = map_rows(state, run, lambda ims, rows: judge_per_image(scorers.judge, ims, _prompts(rows)), bs)
+        out["toy"] = toy_summary(per_image, scorers.toy_real_features)
+    ref = scorers.mse_reference
+    if ref is not None and ref.path.resolve() != run.path.resolve():
+        ref_rows = pair_with_reference(run.rows, ref.rows, run=run.path, ref=ref.path)
+        values = image_mse(image_paths(run.path, run.rows), image_paths(ref.path, ref_rows))
+        out["mse_vs_ref"] = {"mse": float(values.mean()), "n": len(values), "reference": str(ref.path)}
+    return out
+
+
+# Guidance sweep --------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def resample_config(run: SampleRun, guidance: float, out: Path, config: EvalConfig):
+    """The run's own sample settings (model, steps, size, scheduler, seed) at another guidance scale."""
+    from snapdistill.sample import SampleConfig
+
+    c = run.manifest["config"]
+    scheduler = c.get("scheduler")
+    name = scheduler.get("name") if isinstance(scheduler, dict) else scheduler
+    return SampleConfig(
+        model=c["model_path"], out=out, source=c.get("source", {}), steps=c["steps"], guidance=guidance,
+        size=c["size"], scheduler=None if name in (None, "own") else name, spacing=c.get("spacing", "trailing"),
+        negative_prompt=c.get("negative_prompt"), seed=int(c.get("seed", 0)), batch_size=config.batch_size,
+        dtype=c.get("dtype", "fp32"), device=config.device,
+    )
+
+
+def sweep(runs: list[SampleRun], config: EvalConfig, state) -> list[SampleRun]:
+    """Each run sampled again at every sweep guidance scale it was not sampled at."""
+    from snapdistill import sample as stage
+    from snapdistill.prompts import PromptItem
+
+    extra = []
+    for run in runs:
+        seed = int(run.manifest["config"].get("seed", 0))
+        if any(int(r["seed"]) != seed + int(r["index"]) for r in run.rows):
+            raise SnapdistillError(f"{run.path}: seeds are not --seed + index; cannot re-sample it for the sweep")
+        items = [PromptItem(int(r["index"]), r["prompt"], r.get("style")) for r in run.rows]
+        for g in config.guidance_sweep or []:
+            if run.guidance is not None and abs(g - run.guidance) < 1e-9:
+                continue
+            folder = Path(config.out) / "sweep" / f"{_slug(run.label)}-s{run.steps}-g{g:g}"
+            stage.run(resample_config(run, g, folder, config), items)
+            state.wait_for_everyone()  # the main process writes the sample manifest last
+            extra.append(read_run(folder, run.label, sweep=True))
+    return extra
+
+
+# The stage ----------------------------------------------------------------------------------------
+
+
+class Scorers:
+    """The metric models of one eval, loaded once; HPS and CLIP up front, so a bad checkpoint fails first."""
+
+    def __init__(self, config: EvalConfig, device: str, state, fid_feature=None):
+        from snapdistill.metrics.clip_score import load_clip_scorer
+        from snapdistill.metrics.hps import load_hps_scorer
+
+        self.config, self.device, self.state = config, device, state
+        self.hps = load_hps_scorer(config.hps_checkpoint, config.hps_version, device) if config.hps_checkpoint else None
+        self.clip = load_clip_scorer(config.clip_model, config.clip_checkpoint, device) if config.clip_model else None
+        self.fid_feature = fid_feature
+        self.fid_enabled = bool(config.fid_reference)
+        self.mse_reference = read_run(config.mse_reference) if config.mse_reference else None
+        self._fid = self._judge = self._real = None
+
+    def fid(self, size: int):
+        """The FID scorer with its reference statistics at `size` (cached on disk across runs)."""
+        from snapdistill.metrics.fid import FidScorer, reference_files
+
+        if self._fid is None:
+            self._fid = (FidScorer.from_feature(self.fid_feature, self.device) if self.fid_feature is not None
+                         else FidScorer.inception(self.config.inception_weights, self.device))
+        if self._fid.reference is None or self._fid.reference["size"] != size:
+            files = reference_files(self.config.fid_reference, self.config.fid_reference_limit)
+            cache = self.config.fid_cache or Path.home() / ".cache" / "snapdistill" / "fid"
+            self._fid.set_reference(files, size, cache, batch_size=self.config.batch_size,
+                                    rank=self.state.process_index, world=self.state.num_processes)
+        return self._fid
+
+    @property
+    def judge(self):
+        if self._judge is None:
+            from snapdistill.metrics.toy import load_toy_judge
+
+            self._judge = load_toy_judge(self.device)
+        return self._judge
+
+    @property
+    def toy_real_features(self) -> np.ndarray:
+        if self._real is None:
+            from snapdistill.metrics.toy import real_toy_features
+
+            self._real = real_toy_features(self.judge)
+        return self._real
+
+
+def report_row(run: SampleRun, metrics: dict) -> dict:
+    """One table row: the run's identity and cost (from its sample manifest) and its metrics."""
+    m = run.manifest
+    return {
+        "label": run.label, "run": str(run.path.resolve()), "model": m["config"].get("model"),
+        "steps": run.steps, "guidance": run.guidance, "images": len(run.rows), "sweep": run.sweep,
+        "source": sorted(m["config"].get("source", {})),
+        "unet_calls_per_image": m.get("metrics", {}).get("unet_calls_per_image"),
+        "s_per_image": m.get("metrics", {}).get("s_per_image"),
+        "metrics": metrics,
+    }
+
+
+def write_outputs(config: EvalConfig, runs: list[SampleRun], rows: list[dict], scorers: Scorers) -> Path:
+    """report.json, report.md and the plots, then the manifest (last)."""
+    from snapdistill import report
+    from snapdistill.metrics.fid import FID_RELIABLE_MIN
+
+    out = Path(config.out)
+    body = {
+        "hps_version": scorers.hps.version if scorers.hps else None,
+        "fid_reliable_min": FID_RELIABLE_MIN,
+        "rows": rows,
+    }
+    grid = [(f"{r.label} · {r.steps} steps", r.path, r.rows) for r in runs if not r.sweep]
+    body["plots"] = report.write_plots(rows, grid, out, grid_images=config.grid_images)
+    atomic_write_text(out / REPORT_JSON, json.dumps(body, indent=2) + "\n")
+    atomic_write_text(out / REPORT_MD, report.markdown(body))
+    inputs = [input_entry(r.path, role="sample-run", label=r.label) for r in runs]
+    inputs += [input_entry(p, role="included-report") for p in config.include_reports]
+    for role, path in (("hps-checkpoint", config.hps_checkpoint), ("clip-checkpoint", config.clip_checkpoint),
+                       ("inception-weights", config.inception_weights), ("fid-reference", config.fid_reference),
+                       ("mse-reference", config.mse_reference)):
+        if path:
+            inputs.append(input_entry(path, role=role))
+    return write_manifest(
+        out, stage="eval", config=asdict(config), inputs=inputs,
+        outputs={"report": REPORT_JSON, "table": REPORT_MD, "plots": body["plots"]},
+        counts={"runs": len(runs), "rows": len(rows), "images": sum(len(r.rows) for r in runs)},
+        metrics={"table": [report.summary(r) for r in rows]},
+    )
+
+
+def run(config: EvalConfig, *, fid_feature=None) -> Path:
+    """Evaluate `config.runs` (and their guidance sweep) into `config.out`; return the manifest path.
+
+    `fid_feature` replaces the Inception network by any module mapping uint8 images to features.
+    """
+    from accelerate import PartialState
+
+    from snapdistill.models.loading import default_device
+    from snapdistill.sample import prepare_out
+
+    validate(config, fid_feature=fid_feature)
+    state = PartialState()
+    device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
+    labels = config.labels or [None] * len(config.runs)
+    runs = [read_run(p, label) for p, label in zip(config.runs, labels)]
+    included = included_rows(config.include_reports, config.hps_version if config.hps_checkpoint else None)
+    out = Path(config.out)
+    if state.is_main_process:
+        prepare_out(out)
+        (out / MANIFEST).unlink(missing_ok=True)  # the folder is no longer a finished eval
+    state.wait_for_everyone()
+    scorers = Scorers(config, device, state, fid_feature)
+    runs += sweep(runs, config, state) if config.guidance_sweep else []
+    rows = [report_row(r, evaluate_run(r, scorers, state, config)) for r in runs]
+    if not state.is_main_process:
+        return out / MANIFEST
+    return write_outputs(config, runs, rows + included, scorers)
