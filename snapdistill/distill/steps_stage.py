@@ -121,8 +121,9 @@ def run(config: StepsConfig) -> Path | None:
     for k, (n, m) in enumerate(plan, 1):
         run_dir = Path(common.out) / f"round-{k}-{n}to{m}" if progressive else Path(common.out)
         if progressive and (run_dir / MANIFEST).is_file():  # finished before a resume
-            teacher_model = _finished_round(run_dir, teacher_model, teacher_model.prediction_type if k > 1 else
-                                            student_prediction_type(common.student_prediction, teacher_model.prediction_type))
+            # Every round's student has this type: "same" keeps the previous round's, "v_prediction" stays v.
+            student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
+            teacher_model = _finished_round(run_dir, teacher_model, student_type)
             sub_runs[f"round_{k}"] = run_dir.name
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
