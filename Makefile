@@ -47,6 +47,7 @@ TOY_PAIRS ?= 8192
 EVAL_N ?= 512
 GUIDED_STEPS ?= 400
 STEPS_STEPS ?= 250
+ARCH_STEPS ?= 500
 SOURCES ?= toy:$(TOY_PAIRS)
 BUILD_FLAGS ?= --resolution 32 --shard-size 1024 --prefix toy --workers 2
 TRAIN_FLAGS ?= --batch-size 32 --lr 1e-4 --checkpoint-every 100
@@ -77,8 +78,10 @@ endif
 reproduce: install $(R)/report/manifest.json
 	@echo "report: $(R)/report/report.md"
 
-# `make bench` samples 1,024 toy val prompts per row from the runs that reproduce trains.
-bench: install $(foreach r,guided $(STUDENTS) direct8-base,$(RUNS)/toy/$(r)/manifest.json)
+# `make bench` samples 1,024 toy val prompts per row from the runs that reproduce trains, plus the
+# SnapFusion-route student and the block-removed (BK-SDM) 8-step students.
+ARCHS := bk-base bk-small bk-tiny
+bench: install $(foreach r,guided $(STUDENTS) direct8-base $(foreach a,$(ARCHS),arch-$(a)8),$(RUNS)/toy/$(r)/manifest.json)
 	$(PY) -m snapdistill.bench --runs $(RUNS)/toy --out bench.json
 
 $(R)/shards/manifest.json: | install
@@ -106,6 +109,15 @@ $(eval $(call STUDENT_RULE,progressive4,progressive,4))
 $(R)/direct8-base/manifest.json: $(R)/shards-clean/manifest.json
 	$(SD) distill-steps --teacher $(TEACHER) --shards $(R)/shards-clean --from 16 --to 8 --mode direct \
 		--max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/direct8-base
+
+# Block-removed students for the bench: the 16->8 direct student with output- and feature-level KD
+# (ARCH_STEPS steps: they start with blocks missing, so the toy profile gives them twice STEPS_STEPS).
+define ARCH_RULE
+$(R)/arch-$(1)8/manifest.json: $(R)/guided/manifest.json
+	$(SD) distill-steps --teacher $(R)/guided/student --shards $(R)/shards-clean --from 16 --to 8 --mode direct \
+		--student-arch $(1) --max-steps $(ARCH_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/arch-$(1)8
+endef
+$(foreach a,$(ARCHS),$(eval $(call ARCH_RULE,$(a))))
 
 # Sampled rows: the teacher (DPM-Solver++ with CFG 7.5) at 8/16/20 steps, the students at their own.
 $(R)/samples/teacher%/manifest.json: | install

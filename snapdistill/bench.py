@@ -33,6 +33,10 @@ ROWS = {
     "progressive8": ("progressive8", None, 7.5, None),
     "progressive4": ("progressive4", None, 7.5, None),
     "direct8_base": ("direct8-base", None, 7.5, None),
+    # Block-removed 16->8 students (BK-SDM), one per --student-arch.
+    "arch_bk_base8": ("arch-bk-base8", None, 7.5, None),
+    "arch_bk_small8": ("arch-bk-small8", None, 7.5, None),
+    "arch_bk_tiny8": ("arch-bk-tiny8", None, 7.5, None),
 }
 REFERENCE = "teacher16_cfg"
 
@@ -159,6 +163,20 @@ def ratios(rows: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def arch_figures(rows: dict) -> dict:
+    """Per 8-step student (direct8 is the `same` arch): UNet parameters, speed and toy FID against the teacher."""
+    ref = rows.get(REFERENCE)
+    if ref is None:
+        return {}
+    out = {}
+    for name in ("direct8", "arch_bk_base8", "arch_bk_small8", "arch_bk_tiny8"):
+        if name in rows:
+            r = rows[name]
+            out[name] = {"param_ratio": r["params"] / ref["params"], "speed_ratio": ref["s_per_image"] / r["s_per_image"],
+                         "fid_ratio": r["fid"] / ref["fid"], "acc": r["acc"], "exact": r["exact"]}
+    return out
+
+
 def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     """T: one distillation step (16->8, guided route) over its parts timed alone."""
     from snapdistill.diffusion import DiffusionModel
@@ -229,6 +247,8 @@ def print_table(result: dict) -> None:
                       f"{r['unet_calls']:g}", f"{r['params']:,}")
     console = Console()
     console.print(table)
+    for name, r in result.get("arch", {}).items():
+        console.print(f"[bold]arch {name}[/bold]: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()))
     for section in ("judge", "ratios", "distill_step", "data"):
         if section in result:
             console.print(f"[bold]{section}[/bold]: " + ", ".join(
@@ -249,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     result["toy"] = toy_rows(runs, runs / "bench", args.prompts)
     result["judge"] = judge_figures()
     result["ratios"] = ratios(result["toy"])
+    if arch := arch_figures(result["toy"]):
+        result["arch"] = arch
     cost = step_cost(runs)
     if cost:
         result["distill_step"] = cost

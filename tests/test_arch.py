@@ -214,19 +214,38 @@ def test_distill_steps_bk_small_end_to_end(cli, tmp_path, test_shards):
     assert images.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(images)).all() and rows[0] == 2
 
 
-def test_bench_arch_rows(tmp_path, tiny_eps_dir, test_shards):
-    """A teacher with one layer per stage: `same` trains and is measured, bk-small is reported as underivable."""
-    from snapdistill.bench_arch import bench_arch
-    from snapdistill.distill.loop import TrainConfig
+def test_every_arch_derives_from_the_shipped_toy_teacher():
+    """The toy teacher is cut to each BK-SDM arch: pairs per stage, mid block, stages and parameters as the recipe says."""
+    from diffusers import UNet2DConditionModel
 
-    rows = bench_arch(tiny_eps_dir, test_shards, tmp_path, prompts=["a red square"], steps_budget=1,
-                      archs=("same", "bk-small"), train=TrainConfig(batch_size=2, checkpoint_every=0, ema_decay=0))
-    same = rows["same"]
-    assert same["param_ratio"] == 1.0 and same["s_per_image"] > 0
-    assert json.loads((tmp_path / "arch_same8" / "manifest.json").read_text())["counts"]["steps"] == 1
-    assert same["student"] == str(tmp_path / "arch_same8" / "student")
-    assert rows["bk-small"] == {"error": "bk-small: down_blocks.0 (CrossAttnDownBlock2D) has 1 layer; removing a "
-                                         "residual+attention pair needs at least 2"}
+    from snapdistill.distill.arch import student_config, unet_params
+    from snapdistill.toy.paths import WEIGHTS_DIR
+
+    teacher = UNet2DConditionModel.load_config(WEIGHTS_DIR / "teacher" / "unet")
+    full = unet_params(teacher)
+    shapes = {}
+    for arch in ("bk-base", "bk-small", "bk-tiny"):
+        cfg = student_config(teacher, arch)
+        shapes[arch] = (cfg["layers_per_block"], cfg["mid_block_type"], len(cfg["down_block_types"]))
+        assert unet_params(cfg) < full
+    assert shapes == {"bk-base": ([1, 1, 1], "UNetMidBlock2DCrossAttn", 3), "bk-small": ([1, 1, 1], None, 3),
+                      "bk-tiny": ([1, 1], None, 2)}
+    assert unet_params(student_config(teacher, "bk-small")) <= 0.7 * full  # the issue's ">= 30% fewer"
+
+
+def test_bench_arch_figures():
+    """Per-arch ratios against teacher16_cfg: parameters, speed (teacher time / student time), toy FID."""
+    from snapdistill.bench import arch_figures
+
+    row = {"params": 100, "s_per_image": 0.2, "fid": 10.0, "acc": 0.9, "exact": 0.7}
+    rows = {"teacher16_cfg": row, "direct8": {**row, "s_per_image": 0.05, "fid": 11.0},
+            "arch_bk_small8": {**row, "params": 60, "s_per_image": 0.04, "fid": 12.0, "acc": 0.8}}
+    figures = arch_figures(rows)
+    assert set(figures) == {"direct8", "arch_bk_small8"}
+    small = figures["arch_bk_small8"]
+    assert small["param_ratio"] == 0.6 and small["speed_ratio"] == 5.0 and small["fid_ratio"] == 1.2
+    assert small["acc"] == 0.8 and figures["direct8"]["param_ratio"] == 1.0
+    assert arch_figures({"direct8": row}) == {}
 
 
 def test_distill_guidance_bk_tiny_student(cli, tmp_path, test_shards):
