@@ -54,6 +54,8 @@ TRAIN_FLAGS ?= --batch-size 32 --lr 1e-4 --checkpoint-every 100
 PROMPT_FLAGS ?= --toy-val $(EVAL_N)
 SAMPLE_FLAGS ?= --batch-size 64
 EVAL_FLAGS ?=
+# The FID-CLIP (here toy FID vs judge accuracy) trade-off over guidance scales, for two rows.
+SWEEP_FLAGS ?= --guidance-sweep 1,4,10 --sweep-run $(R)/samples/teacher16 --sweep-run $(R)/samples/direct8
 else
 # The real recipe: weights from $$SNAPDISTILL_MODELS/$(PROFILE) or the Hugging Face cache, data and
 # metric checkpoints by path. Every variable below can be set on the command line.
@@ -72,6 +74,7 @@ BUILD_FLAGS ?= --resolution 512 --min-side 512 --workers 16
 TRAIN_FLAGS ?= --batch-size 8 --grad-accum 4 --lr 1e-5 --mixed-precision bf16 --gradient-checkpointing --checkpoint-every 500
 PROMPT_FLAGS ?= --coco $(COCO_CAPTIONS) --limit $(EVAL_N)
 SAMPLE_FLAGS ?= --batch-size 16 --dtype bf16 --size 512
+SWEEP_FLAGS ?= --guidance-sweep 1,2,4,10 --sweep-run $(R)/samples/teacher20 --sweep-run $(R)/samples/direct8
 EVAL_FLAGS ?= --inception-weights $(INCEPTION) --fid-reference $(COCO_IMAGES) --clip-model $(CLIP_MODEL) --clip-checkpoint $(CLIP_CKPT)
 endif
 
@@ -131,7 +134,7 @@ $(R)/samples/%/manifest.json: $(R)/%/manifest.json
 
 $(R)/report/manifest.json: $(foreach r,$(SAMPLE_RUNS),$(R)/samples/$(r)/manifest.json)
 	$(SD) eval $(foreach r,$(SAMPLE_RUNS),$(R)/samples/$(r)) --mse-reference $(R)/samples/teacher16 \
-		$(EVAL_FLAGS) --out $(R)/report
+		$(EVAL_FLAGS) $(SWEEP_FLAGS) --out $(R)/report
 
 clean:
 	rm -rf $(RUNS) bench.json .pytest_cache

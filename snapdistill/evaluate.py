@@ -43,6 +43,7 @@ class EvalConfig:
     toy: bool | None = None                           # judge metrics; None: for runs of toy val prompts
     mse_reference: Path | None = None                 # a sample run of the same prompts and seeds
     guidance_sweep: list[float] | None = None         # re-sample each run at these guidance scales
+    sweep_runs: list[Path] | None = None              # only these of `runs` (None: all of them)
     include_reports: list[Path] = field(default_factory=list)  # earlier eval folders whose rows join the table
     grid_images: int = 6                              # columns of the model-comparison grid
     batch_size: int = 32
@@ -129,6 +130,12 @@ def validate(config: EvalConfig, *, fid_feature=None) -> None:
     for g in config.guidance_sweep or []:
         if g < 1.0:
             raise SnapdistillError(f"--guidance-sweep values must be >= 1 (1 means no guidance), got {g}")
+    if config.sweep_runs and not config.guidance_sweep:
+        raise SnapdistillError("--sweep-run needs --guidance-sweep (the scales to re-sample it at)")
+    evaluated = {Path(r).resolve() for r in config.runs}
+    for folder in config.sweep_runs or []:
+        if Path(folder).resolve() not in evaluated:
+            raise SnapdistillError(f"{folder}: --sweep-run must be one of the run folders being evaluated")
 
 
 def included_rows(folders: list[Path], hps_version: str | None) -> list[dict]:
@@ -241,7 +248,10 @@ def sweep(runs: list[SampleRun], config: EvalConfig, state) -> list[SampleRun]:
     from snapdistill.prompts import PromptItem
 
     extra = []
+    chosen = None if not config.sweep_runs else {Path(f).resolve() for f in config.sweep_runs}
     for run in runs:
+        if chosen is not None and run.path.resolve() not in chosen:
+            continue
         seed = int(run.manifest["config"].get("seed", 0))
         if any(int(r["seed"]) != seed + int(r["index"]) for r in run.rows):
             raise SnapdistillError(f"{run.path}: seeds are not --seed + index; cannot re-sample it for the sweep")

@@ -153,7 +153,11 @@ def test_guidance_sweep_resamples_each_run(tmp_path, tiny_eps_dir, tiny_clip):
     run = tmp_path / "tiny2"
     sample.run(sample.SampleConfig(model=str(tiny_eps_dir), out=run, steps=2, seed=3),
                [PromptItem(i, p) for i, p in enumerate(PROMPTS[:2])])
-    config = stage.EvalConfig(runs=[run], out=tmp_path / "eval", labels=["tiny"], guidance_sweep=[1.0, 7.5],
+    # A second run left out of the sweep by --sweep-run: its model folder holds no model, so re-sampling it
+    # would fail.
+    other = fake_run(tmp_path / "other", _solid(50, n=2), prompts=PROMPTS[:2], steps=8)
+    config = stage.EvalConfig(runs=[run, other], out=tmp_path / "eval", labels=["tiny", "other"],
+                              guidance_sweep=[1.0, 7.5], sweep_runs=[run],
                               clip_model=str(tiny_clip[0]), clip_checkpoint=tiny_clip[1],
                               fid_reference=_reference(tmp_path / "coco"), fid_cache=tmp_path / "cache")
     stage.run(config, fid_feature=PixelFeatures())
@@ -162,7 +166,9 @@ def test_guidance_sweep_resamples_each_run(tmp_path, tiny_eps_dir, tiny_clip):
     assert swept["metrics"]["unet_calls_per_image"] == 2  # no CFG at guidance 1: one UNet row per step
     assert not (tmp_path / "eval" / "sweep" / "tiny-s2-g7.5").exists()  # the run itself is that point
     rows = json.loads((tmp_path / "eval" / "report.json").read_text())["rows"]
-    assert [(r["guidance"], r["sweep"]) for r in rows] == [(7.5, False), (1.0, True)]
+    assert [(r["label"], r["guidance"], r["sweep"]) for r in rows] == [
+        ("tiny", 7.5, False), ("other", 7.5, False), ("tiny", 1.0, True)]
+    assert sorted(p.name for p in (tmp_path / "eval" / "sweep").iterdir()) == ["tiny-s2-g1"]
     assert all("fid" in r["metrics"] and "clip" in r["metrics"] for r in rows)
     assert Image.open(tmp_path / "eval" / "guidance_tradeoff.png").size[0] > 100
     assert "## Guidance sweep" in (tmp_path / "eval" / "report.md").read_text()
@@ -247,6 +253,10 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, cli):
     err = _one_line_error(cli, run, "--include-report", tmp_path / "old-v2.0", "--include-report", tmp_path / "old-v2.1",
                           "--out", out)
     assert "HPS v2.0 and v2.1 in one comparison" in err
+
+    assert "--sweep-run needs --guidance-sweep" in _one_line_error(cli, run, "--sweep-run", run, "--out", out)
+    err = _one_line_error(cli, run, "--guidance-sweep", "1,4", "--sweep-run", tmp_path / "nomanifest", "--out", out)
+    assert "nomanifest: --sweep-run must be one of the run folders being evaluated" in err
 
     (run / "images" / "00001-s1.png").unlink()
     assert "2 images for 3 prompts" in _one_line_error(cli, run, "--out", out)

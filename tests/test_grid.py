@@ -43,3 +43,20 @@ def test_final_alpha_matches_ddim():
     a, s = alpha_sigma_at(schedule, final, torch.tensor([FINAL, 999]))
     assert a[0] ** 2 == pytest.approx(final, rel=1e-6) and a[1] ** 2 == pytest.approx(0.0047, abs=2e-4)
     assert torch.allclose(a**2 + s**2, torch.ones(2))
+
+
+def test_student_scheduler_of_a_dpm_teacher_is_trailing_ddim_without_clipping():
+    """A DPM-Solver teacher config has no clip_sample: the student's DDIM must not default to clipping latents."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from snapdistill.distill.student import student_scheduler
+    from snapdistill.models.tiny import SD_SCHEDULER_CONFIG
+
+    teacher = DPMSolverMultistepScheduler(
+        **{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")})
+    sched = student_scheduler(teacher, steps=8, prediction_type="v_prediction")
+    assert type(sched).__name__ == "DDIMScheduler"
+    assert (sched.config.clip_sample, sched.config.timestep_spacing, sched.config.prediction_type) == (
+        False, "trailing", "v_prediction")
+    same = student_scheduler(teacher, steps=None, prediction_type="epsilon")
+    assert type(same) is DPMSolverMultistepScheduler

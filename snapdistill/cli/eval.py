@@ -38,6 +38,7 @@ def eval_command(
     toy: Annotated[bool | None, typer.Option("--toy/--no-toy", help="Toy judge metrics (default: for runs of --toy-val prompts).")] = None,
     mse_reference: Annotated[Path | None, typer.Option("--mse-reference", help="A sample run of the same prompts and seeds: same-noise image MSE.")] = None,
     guidance_sweep: Annotated[str | None, typer.Option("--guidance-sweep", help="Re-sample every run at these guidance scales, e.g. 1,2,4,7.5,10.")] = None,
+    sweep_run: Annotated[list[Path] | None, typer.Option("--sweep-run", help="Sweep only this run folder (repeatable; default: every run).")] = None,
     include_report: Annotated[list[Path] | None, typer.Option("--include-report", help="An earlier eval folder whose rows join the table.")] = None,
     grid_images: Annotated[int, typer.Option("--grid-images", help="Prompts in the model-comparison grid.")] = 6,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per metric forward pass.")] = 32,
@@ -53,6 +54,8 @@ def eval_command(
 
       snapdistill eval runs/coco8 --inception-weights weights-inception-2015-12-05-6726825d.pth --fid-reference val2017/ --clip-model ViT-g-14 --clip-checkpoint open_clip_vit_g.bin --guidance-sweep 1,2,4,7.5,10
 
+      snapdistill eval runs/toy16 runs/direct8 --guidance-sweep 1,4,10 --sweep-run runs/toy16 --out runs/eval
+
       accelerate launch -m snapdistill eval runs/coco8 --hps-checkpoint HPS_v2.1_compressed.pt --hps-version v2.1
     """
     from snapdistill import evaluate as stage
@@ -62,7 +65,7 @@ def eval_command(
         clip_model=clip_model, clip_checkpoint=clip_checkpoint, inception_weights=inception_weights,
         fid_reference=fid_reference, fid_reference_limit=fid_reference_limit, fid_cache=fid_cache, toy=toy,
         mse_reference=mse_reference, guidance_sweep=parse_scales(guidance_sweep),
-        include_reports=include_report or [], grid_images=grid_images, batch_size=batch_size, device=device,
+        sweep_runs=sweep_run or None, include_reports=include_report or [], grid_images=grid_images, batch_size=batch_size, device=device,
     )
     manifest = stage.run(config)
     typer.echo(f"wrote {out / stage.REPORT_MD} ({manifest})")

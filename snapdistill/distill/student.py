@@ -75,4 +75,7 @@ def student_scheduler(teacher_scheduler, *, steps: int | None, prediction_type: 
     config = dict(teacher_scheduler.config)
     if steps is None:
         return type(teacher_scheduler).from_config(config, prediction_type=prediction_type)
-    return DDIMScheduler.from_config(config, timestep_spacing="trailing", prediction_type=prediction_type)
+    # Latents are never clipped. A DPM-Solver teacher config has no clip_sample, and DDIM's default (True)
+    # would otherwise be set here and only undone, with a deprecation warning, by the pipeline.
+    return DDIMScheduler.from_config(config, timestep_spacing="trailing", prediction_type=prediction_type,
+                                     clip_sample=False)
