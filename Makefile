@@ -124,13 +124,13 @@ $(foreach a,$(ARCHS),$(eval $(call ARCH_RULE,$(a))))
 
 # Sampled rows: the teacher (DPM-Solver++ with CFG 7.5) at 8/16/20 steps, the students at their own.
 $(R)/samples/teacher%/manifest.json: | install
-	$(SD) sample --teacher $(TEACHER) $(PROMPT_FLAGS) --steps $* $(SAMPLE_FLAGS) --out $(R)/samples/teacher$*
+	$(SD) sample --teacher $(TEACHER) $(PROMPT_FLAGS) --steps $* $(SAMPLE_FLAGS) --overwrite --out $(R)/samples/teacher$*
 
 $(R)/samples/guided16/manifest.json: $(R)/guided/manifest.json
-	$(SD) sample --teacher $(R)/guided/student $(PROMPT_FLAGS) --steps 16 $(SAMPLE_FLAGS) --out $(R)/samples/guided16
+	$(SD) sample --teacher $(R)/guided/student $(PROMPT_FLAGS) --steps 16 $(SAMPLE_FLAGS) --overwrite --out $(R)/samples/guided16
 
 $(R)/samples/%/manifest.json: $(R)/%/manifest.json
-	$(SD) sample --teacher $(R)/$*/student $(PROMPT_FLAGS) $(SAMPLE_FLAGS) --out $(R)/samples/$*
+	$(SD) sample --teacher $(R)/$*/student $(PROMPT_FLAGS) $(SAMPLE_FLAGS) --overwrite --out $(R)/samples/$*
 
 $(R)/report/manifest.json: $(foreach r,$(SAMPLE_RUNS),$(R)/samples/$(r)/manifest.json)
 	$(SD) eval $(foreach r,$(SAMPLE_RUNS),$(R)/samples/$(r)) --mse-reference $(R)/samples/teacher16 \

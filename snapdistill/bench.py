@@ -54,7 +54,7 @@ def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts
     from snapdistill import sample
 
     config = sample.SampleConfig(model=model, out=out / name, steps=steps, guidance=guidance, scheduler=scheduler,
-                                 batch_size=64, source={"toy_val": len(prompts)})
+                                 batch_size=64, source={"toy_val": len(prompts)}, overwrite=True)
     return json.loads(sample.run(config, prompts).read_text())
 
 

@@ -238,7 +238,7 @@ def resample_config(run: SampleRun, guidance: float, out: Path, config: EvalConf
         model=c["model_path"], out=out, source=c.get("source", {}), steps=c["steps"], guidance=guidance,
         size=c["size"], scheduler=None if name in (None, "own") else name, spacing=c.get("spacing", "trailing"),
         negative_prompt=c.get("negative_prompt"), seed=int(c.get("seed", 0)), batch_size=config.batch_size,
-        dtype=c.get("dtype", "fp32"), device=config.device,
+        dtype=c.get("dtype", "fp32"), device=config.device, overwrite=True,  # eval owns its sweep folders
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ DEFAULT_TEACHER_STEPS = 20
 GRID_IMAGES = 16
 RUN_CONFIG = "run.json"
 # Settings that decide the pixels: a rerun into the same folder must match them to reuse images.
-_IMAGE_KEYS = ("model_path", "steps", "guidance", "size", "scheduler", "negative_prompt", "dtype")
+_IMAGE_KEYS = ("model_path", "model_fingerprint", "steps", "guidance", "size", "scheduler", "negative_prompt", "dtype")
 
 
 @dataclass
@@ -54,6 +55,21 @@ class SampleConfig:
     dtype: str = "fp32"
     device: str | None = None                    # None: cuda when available, else cpu
     allow_download: bool = False
+    overwrite: bool = False                      # replace images made with other settings or another model
+
+
+def model_fingerprint(path: Path) -> str:
+    """A cheap identity of the model's files (relative path, size, mtime), so that images of a model retrained
+    in place are never mistaken for the new model's. Hashing the weights themselves would read gigabytes."""
+    import hashlib
+
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def image_name(item: PromptItem, seed: int) -> str:
@@ -130,17 +146,21 @@ def prepare_out(out: Path) -> None:
         raise SnapdistillError(f"{out}: output folder is not writable ({e.strerror or e}); choose another --out") from e
 
 
-def _check_rerun(out: Path, settings: dict) -> None:
-    """Refuse to mix images of different settings in one folder."""
+def _check_rerun(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to mix images of different settings (or of a model changed since) in one folder; with
+    `overwrite`, clear the old images instead."""
     path = out / RUN_CONFIG
     if not path.is_file():
         return
     old = json.loads(path.read_text(encoding="utf-8"))
     diff = [k for k in _IMAGE_KEYS if old.get(k) != settings.get(k)]
-    if diff:
+    if diff and not overwrite:
         raise SnapdistillError(
-            f"{out}: holds images made with other settings ({', '.join(diff)} differ); use a new --out"
+            f"{out}: holds images made with other settings ({', '.join(diff)} differ); use a new --out or --overwrite"
         )
+    if diff:
+        shutil.rmtree(out / "images", ignore_errors=True)
+        path.unlink()
 
 
 def _resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict, object]:
@@ -157,6 +177,7 @@ def _resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dic
         raise SnapdistillError(f"--size must be a positive multiple of {pipe.vae_scale_factor}, got {size}")
     settings = {
         "model_path": str(model_path.resolve()),
+        "model_fingerprint": model_fingerprint(model_path),
         "steps": int(steps),
         "guidance": float(config.guidance),
         "size": int(size),
@@ -189,7 +210,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
     settings, pipe.scheduler = _resolve_settings(config, pipe, model.path)
     if state.is_main_process:
-        _check_rerun(out, settings)
+        _check_rerun(out, settings, config.overwrite)
         previous = (read_manifest(out) or {}).get("metrics", {})  # same settings: its costs still hold
         (out / MANIFEST).unlink(missing_ok=True)  # the folder is no longer a finished run
         atomic_write_text(out / RUN_CONFIG, json.dumps(settings, indent=2) + "\n")

@@ -96,6 +96,28 @@ def test_rerun_with_other_settings_is_refused(tmp_path, tiny_eps_dir):
         stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=out, steps=2, guidance=3.0), _items()[:1])
 
 
+def test_a_model_retrained_in_place_is_not_mistaken_for_the_old_one(tmp_path, tiny_eps_dir):
+    """Same path, same settings, other weights: the old images are refused, or replaced with --overwrite."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    model, out = tmp_path / "model", tmp_path / "run"
+    shutil.copytree(tiny_eps_dir, model)
+    stage.run(stage.SampleConfig(model=str(model), out=out, steps=2), _items()[:1])
+    before = (out / "images" / "00000-s0.png").read_bytes()
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    with torch.no_grad():
+        unet.conv_out.bias.add_(0.5)
+    unet.save_pretrained(model / "unet")
+    with pytest.raises(stage.SnapdistillError, match="model_fingerprint differ.*--overwrite"):
+        stage.run(stage.SampleConfig(model=str(model), out=out, steps=2), _items()[:1])
+    m = json.loads(stage.run(stage.SampleConfig(model=str(model), out=out, steps=2, overwrite=True),
+                             _items()[:1]).read_text())
+    assert m["counts"]["rendered_now"] == 1
+    assert (out / "images" / "00000-s0.png").read_bytes() != before
+
+
 def test_no_cfg_means_one_call_per_step(tmp_path, tiny_eps_dir):
     m = stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=tmp_path / "g1", steps=4, guidance=1.0),
                   _items()[:2])

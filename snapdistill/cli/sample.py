@@ -32,6 +32,7 @@ def sample(
     dtype: Dtype = "fp32",
     device: Device = None,
     allow_download: AllowDownload = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace images in --out made with other settings or by a model changed since.")] = False,
 ) -> None:
     """Render prompts into OUT/images, with prompts.jsonl, grid.png and manifest.json.
 
@@ -56,6 +57,7 @@ def sample(
         model=teacher, out=out, source={k: v for k, v in source.items() if v}, steps=steps, guidance=guidance,
         size=size, scheduler=scheduler, spacing=spacing, negative_prompt=negative_prompt, seed=seed,
         batch_size=batch_size, dtype=dtype, device=device, allow_download=allow_download,
+        overwrite=overwrite,
     )
     manifest = stage.run(config, items)
     typer.echo(f"wrote {len(items)} images to {out / 'images'} ({manifest})")
