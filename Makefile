@@ -32,7 +32,7 @@ lint: install
 
 # ---------------------------------------------------------------------------------------------
 # `make reproduce`: the whole pipeline, each stage a file target on its manifest.json, so a rerun
-# redoes only what changed. PROFILE=toy (the default) runs on 2 CPU cores in about 15 minutes;
+# redoes only what changed. PROFILE=toy (the default) runs on 2 CPU cores in about 13 minutes;
 # PROFILE=sd15 or sd21 runs the real recipe on GPU nodes (see README, "The SD recipe").
 R := $(RUNS)/$(PROFILE)
 STUDENTS := direct8 direct4 progressive8 progressive4
