@@ -109,7 +109,12 @@ endef
 $(eval $(call STUDENT_RULE,direct8,direct,8))
 $(eval $(call STUDENT_RULE,direct4,direct,4))
 $(eval $(call STUDENT_RULE,progressive8,progressive,8))
-$(eval $(call STUDENT_RULE,progressive4,progressive,4))
+
+# 16->8->4 progressive: its first round is progressive8 itself, so the second round starts from it (the
+# same weights, bit for bit, as one 16->4 progressive run, without training the first round twice).
+$(R)/progressive4/manifest.json: $(R)/progressive8/manifest.json
+	$(SD) distill-steps --teacher $(R)/progressive8/student --shards $(R)/shards-clean --from 8 --to 4 \
+		--mode progressive --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/progressive4
 
 # SnapFusion's route, for the bench: the base teacher -> an unguided 8-step student.
 $(R)/direct8-base/manifest.json: $(R)/shards-clean/manifest.json
