@@ -82,9 +82,8 @@ class ClipSimilarity:
         self.tokenizer = open_clip.get_tokenizer(name)
         self.device = device
 
-    @torch.no_grad()
     def __call__(self, images: list, texts: list[str]) -> np.ndarray:
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        image = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
-        text = torch.nn.functional.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
-        return (image * text).sum(-1).cpu().numpy()
+        from snapdistill.metrics.cosine import pair_cosines
+
+        return pair_cosines(self.model, self.tokenizer, self.preprocess, images, texts, device=self.device,
+                            batch_size=max(1, len(images))).numpy()

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.metrics.cosine import pair_cosines
 
 
 def resolve_arch(name: str) -> str:
@@ -54,20 +53,11 @@ class ClipScorer:
         """Wrap an already built open_clip model (tests use a tiny random one)."""
         return cls(model, tokenizer, eval_transform(model), device, name)
 
-    @torch.no_grad()
     def score(self, images: list[Image.Image], prompts: list[str], batch_size: int = 32) -> np.ndarray:
         """100·max(cos, 0) per pair: negative similarity counts as no agreement, as in the CLIP-score paper."""
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        out = []
-        for lo in range(0, len(images), batch_size):
-            x = torch.stack([self.preprocess(im) for im in images[lo : lo + batch_size]]).to(self.device)
-            tokens = self.tokenizer(list(prompts[lo : lo + batch_size])).to(self.device)
-            img = F.normalize(self.model.encode_image(x).float(), dim=-1)
-            txt = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-            cos = (img * txt).sum(-1)
-            out.append(100.0 * cos.clamp(min=0).double().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
+        cos = pair_cosines(self.model, self.tokenizer, self.preprocess, images, prompts, device=self.device,
+                           batch_size=batch_size)
+        return (100.0 * cos.clamp(min=0)).numpy()
 
 
 def load_clip_scorer(name: str, checkpoint: Path, device: str = "cpu") -> ClipScorer:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from snapdistill.errors import SnapdistillError
 from snapdistill.metrics.aggregate import mean_summary, style_summary
+from snapdistill.metrics.cosine import pair_cosines
 from snapdistill.prompts import HPS_STYLES
 
 HPS_ARCH = "ViT-H-14"
@@ -123,19 +123,11 @@ class HPSScorer:
         """Wrap an already built open_clip model (tests use a tiny random one)."""
         return cls(model, tokenizer, version, device)
 
-    @torch.no_grad()
     def score(self, images: list[Image.Image], prompts: list[str], batch_size: int = 32) -> np.ndarray:
         """HPS of each (image, prompt) pair, as float64 in [-100, 100]."""
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        out = []
-        for lo in range(0, len(images), batch_size):
-            x = torch.stack([hps_preprocess(im) for im in images[lo : lo + batch_size]]).to(self.device)
-            tokens = self.tokenizer(list(prompts[lo : lo + batch_size])).to(self.device)
-            img = F.normalize(self.model.encode_image(x).float(), dim=-1)
-            txt = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-            out.append(100.0 * (img * txt).sum(-1).double().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
+        cos = pair_cosines(self.model, self.tokenizer, hps_preprocess, images, prompts, device=self.device,
+                           batch_size=batch_size)
+        return (100.0 * cos).numpy()
 
 
 def load_hps_scorer(checkpoint: Path, version: str, device: str = "cpu", *, arch: str | None = None) -> HPSScorer:
