@@ -235,7 +235,7 @@ def test_every_arch_derives_from_the_shipped_toy_teacher():
 
 def test_bench_arch_figures():
     """Per-arch ratios against teacher16_cfg: parameters, speed (teacher time / student time), toy FID."""
-    from snapdistill.bench import arch_figures
+    from snapdistill.bench.toy import arch_figures
 
     row = {"params": 100, "s_per_image": 0.2, "fid": 10.0, "acc": 0.9, "exact": 0.7}
     rows = {"teacher16_cfg": row, "direct8": {**row, "s_per_image": 0.05, "fid": 11.0},

@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from snapdistill import sample
 from snapdistill.distill import guidance_stage, steps_stage
 from snapdistill.distill.loop import TrainConfig
 from snapdistill.distill.stage import CommonConfig
-from snapdistill.prompts import PromptItem
+from snapdistill.sampling import render
+from snapdistill.sampling import stage as sample
+from snapdistill.sampling.prompts import PromptItem
 
 PROMPTS = ["a red square", "a blue square"]
 
@@ -84,7 +85,7 @@ def test_student_runs_in_stock_diffusers_one_call_per_step(request, tmp_path, ru
     if not steps:  # a step-distilled student is sampled on exactly the timesteps it was trained on
         assert timesteps == info["timesteps"] == [999, 499]
     ours = np.stack([np.asarray(Image.open(tmp_path / "s" / "images" / f"{i:05d}-s{i}.png")) for i in range(2)])
-    np.testing.assert_array_equal(ours, sample.to_uint8(images))
+    np.testing.assert_array_equal(ours, render.to_uint8(images))
 
 
 def test_step_student_manifest(steps_run):

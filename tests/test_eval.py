@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from snapdistill import evaluate as stage
+from snapdistill.evaluation import stage
 from snapdistill.manifest import manifest_sha256, write_manifest
 
 PROMPTS = ["a red circle on the left", "a blue square at the top", "a green triangle"]
@@ -147,8 +147,8 @@ def test_hps_benchmark_run_is_scored_per_style(tmp_path, monkeypatch):
 
 
 def test_guidance_sweep_resamples_each_run(tmp_path, tiny_eps_dir, tiny_clip):
-    from snapdistill import sample
-    from snapdistill.prompts import PromptItem
+    from snapdistill.sampling import stage as sample
+    from snapdistill.sampling.prompts import PromptItem
 
     run = tmp_path / "tiny2"
     sample.run(sample.SampleConfig(model=str(tiny_eps_dir), out=run, steps=2, seed=3),

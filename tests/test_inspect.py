@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from snapdistill.inspect import unet_calls_per_image
+from snapdistill.sampling.inspect import unet_calls_per_image
 
 
 @pytest.fixture(scope="module")

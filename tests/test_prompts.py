@@ -3,7 +3,7 @@ import json
 import pytest
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.prompts import (
+from snapdistill.sampling.prompts import (
     HPS_STYLES,
     coco_first_captions,
     collect_prompts,

@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from snapdistill import sample as stage
 from snapdistill.models.loading import load_pipeline, resolve_model
-from snapdistill.prompts import PromptItem
+from snapdistill.sampling import render, stage
+from snapdistill.sampling.prompts import PromptItem
+from snapdistill.sampling.schedulers import make_scheduler
 
 PROMPTS = ["a red circle on the left", "a blue square at the top", "a green triangle", "a yellow circle"]
 
@@ -19,7 +20,7 @@ def _items(prompts=PROMPTS):
 
 def _with_sched(folder):
     p = load_pipeline(resolve_model(str(folder)))
-    p.scheduler = stage.make_scheduler("dpmsolver++", p.scheduler.config, spacing="trailing")
+    p.scheduler = make_scheduler("dpmsolver++", p.scheduler.config, spacing="trailing")
     return p
 
 
@@ -30,13 +31,13 @@ def pipe(tiny_eps_dir):
 
 def test_image_depends_only_on_prompt_and_seed(pipe):
     kw = dict(steps=4, guidance=7.5, size=32)
-    together = stage.generate(pipe, PROMPTS[:3], [10, 11, 12], **kw)
-    alone = np.concatenate([stage.generate(pipe, [p], [s], **kw) for p, s in zip(PROMPTS[:3], [10, 11, 12])])
-    shuffled = stage.generate(pipe, [PROMPTS[2], PROMPTS[0]], [12, 10], **kw)
+    together = render.generate(pipe, PROMPTS[:3], [10, 11, 12], **kw)
+    alone = np.concatenate([render.generate(pipe, [p], [s], **kw) for p, s in zip(PROMPTS[:3], [10, 11, 12])])
+    shuffled = render.generate(pipe, [PROMPTS[2], PROMPTS[0]], [12, 10], **kw)
     np.testing.assert_allclose(together, alone, atol=1e-5)
     np.testing.assert_allclose(shuffled, together[[2, 0]], atol=1e-5)
     # ...and the seed does matter.
-    other_seed = stage.generate(pipe, PROMPTS[:1], [99], **kw)
+    other_seed = render.generate(pipe, PROMPTS[:1], [99], **kw)
     assert np.abs(other_seed - together[:1]).max() > 1e-2
 
 
@@ -52,10 +53,10 @@ def test_drop_in_stock_diffusers_gives_same_images(tmp_path, tiny_eps_dir, cli):
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
     ref = stock(PROMPTS[:2], num_inference_steps=5, guidance_scale=7.5, generator=gens, output_type="np",
                 height=32, width=32).images
-    ours = stage.generate(_with_sched(tiny_eps_dir), PROMPTS[:2], [3, 4], steps=5, guidance=7.5, size=32)
+    ours = render.generate(_with_sched(tiny_eps_dir), PROMPTS[:2], [3, 4], steps=5, guidance=7.5, size=32)
     assert np.abs(ours - ref).max() < 1e-4
     saved = [np.asarray(Image.open(tmp_path / "o" / "images" / f"{i:05d}-s{3 + i}.png")) for i in range(2)]
-    np.testing.assert_array_equal(np.stack(saved), stage.to_uint8(ref))
+    np.testing.assert_array_equal(np.stack(saved), render.to_uint8(ref))
 
 
 def test_outputs_manifest_and_rerun(tmp_path, tiny_eps_dir):

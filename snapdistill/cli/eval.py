@@ -58,7 +58,7 @@ def eval_command(
 
       accelerate launch -m snapdistill eval runs/coco8 --hps-checkpoint HPS_v2.1_compressed.pt --hps-version v2.1
     """
-    from snapdistill import evaluate as stage
+    from snapdistill.evaluation import stage
 
     config = stage.EvalConfig(
         runs=runs, out=out, labels=label or None, hps_checkpoint=hps_checkpoint, hps_version=hps_version,

@@ -33,7 +33,7 @@ def inspect(
 
       snapdistill inspect sd15 --steps 8 --guidance 7.5 --size 512 --device cuda --dtype bf16 --json
     """
-    from snapdistill.inspect import InspectConfig, inspect_model
+    from snapdistill.sampling.inspect import InspectConfig, inspect_model
 
     r = inspect_model(InspectConfig(model=model, steps=steps, guidance=guidance, batch_size=batch_size, size=size,
                                     dtype=dtype, device=device, allow_download=allow_download))

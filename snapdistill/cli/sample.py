@@ -46,8 +46,8 @@ def sample(
 
       accelerate launch -m snapdistill sample --teacher sd15 --prompts prompts.txt --out runs/x
     """
-    from snapdistill import sample as stage
-    from snapdistill.prompts import collect_prompts
+    from snapdistill.sampling import stage
+    from snapdistill.sampling.prompts import collect_prompts
 
     items = collect_prompts(prompts=prompt, prompts_file=prompts, coco=coco, hps_dir=hps_benchmark,
                             toy_val=toy_val, limit=limit)

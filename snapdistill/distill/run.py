@@ -18,7 +18,7 @@ from PIL import Image
 from snapdistill.distill.loop import latest_checkpoint
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text
-from snapdistill.sample import prepare_out, to_uint8
+from snapdistill.sampling.render import prepare_out, to_uint8
 
 CONFIG = "config.json"
 # Settings that may change on resume without changing what is trained.

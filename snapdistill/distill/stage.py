@@ -27,7 +27,7 @@ from snapdistill.distill.student import save_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models.loading import load_pipeline, resolve_model
-from snapdistill.sample import generate
+from snapdistill.sampling.render import generate
 
 
 @dataclass
@@ -104,7 +104,7 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
     """A callback writing val/step-N.png: the teacher's row above the student's, same prompts and seeds."""
     from diffusers import StableDiffusionPipeline
 
-    from snapdistill.schedulers import make_scheduler
+    from snapdistill.sampling.schedulers import make_scheduler
 
     pipe = teacher.pipe
     prompts = first_captions(find_shards(common.shards), common.val_prompts)

@@ -19,7 +19,7 @@ from PIL import Image
 from snapdistill.errors import SnapdistillError
 from snapdistill.metrics.aggregate import mean_summary, style_summary
 from snapdistill.metrics.cosine import pair_cosines
-from snapdistill.prompts import HPS_STYLES
+from snapdistill.sampling.prompts import HPS_STYLES
 
 HPS_ARCH = "ViT-H-14"
 HPS_VERSIONS = ("v2.0", "v2.1")

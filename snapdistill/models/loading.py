@@ -73,7 +73,7 @@ def resolve_model(spec: str, *, allow_download: bool = False) -> ResolvedModel:
     unless `allow_download`)."""
     path = Path(spec).expanduser()
     if spec == "toy":
-        from snapdistill.toy.paths import toy_teacher_dir
+        from snapdistill.models.toy_weights import toy_teacher_dir
 
         return ResolvedModel(spec, toy_teacher_dir())
     if spec in HUB_IDS:

@@ -51,7 +51,7 @@ def _model_path(runs: Path, model: str) -> str | None:
 
 def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts, out: Path) -> dict:
     """Render the row's images (reused when already there); return its sample manifest."""
-    from snapdistill import sample
+    from snapdistill.sampling import stage as sample
 
     config = sample.SampleConfig(model=model, out=out / name, steps=steps, guidance=guidance, scheduler=scheduler,
                                  batch_size=64, source={"toy_val": len(prompts)}, overwrite=True)
@@ -61,22 +61,23 @@ def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts
 def seconds_per_image(model: str, steps, guidance: float, scheduler, batch: int = 16,
                       repeats: int = 3) -> tuple[float, int]:
     """(wall-clock per image at batch 16, model loaded and warmed up (median of `repeats`); UNet parameters)."""
-    from snapdistill import sample
     from snapdistill.models.loading import load_pipeline, resolve_model
+    from snapdistill.sampling import render
+    from snapdistill.sampling.stage import SampleConfig
     from snapdistill.toy.world import toy_val_prompts
 
     resolved = resolve_model(model)
     pipe = load_pipeline(resolved)
-    settings, pipe.scheduler = sample._resolve_settings(
-        sample.SampleConfig(model=model, out=Path("."), steps=steps, guidance=guidance, scheduler=scheduler),
+    settings, pipe.scheduler = render.resolve_settings(
+        SampleConfig(model=model, out=Path("."), steps=steps, guidance=guidance, scheduler=scheduler),
         pipe, resolved.path)
     prompts, seeds = toy_val_prompts(batch), list(range(batch))
     kw = dict(steps=settings["steps"], guidance=guidance, size=settings["size"])
-    sample.generate(pipe, prompts, seeds, **kw)
+    render.generate(pipe, prompts, seeds, **kw)
     times = []
     for _ in range(repeats):
         tick = time.perf_counter()
-        sample.generate(pipe, prompts, seeds, **kw)
+        render.generate(pipe, prompts, seeds, **kw)
         times.append((time.perf_counter() - tick) / batch)
     return statistics.median(times), sum(p.numel() for p in pipe.unet.parameters())
 
@@ -91,7 +92,7 @@ def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
         real_toy_features,
         toy_summary,
     )
-    from snapdistill.prompts import collect_prompts
+    from snapdistill.sampling.prompts import collect_prompts
 
     prompts = collect_prompts(toy_val=n_prompts)
     judge = load_toy_judge()
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         result["distill_step"] = cost
         result["ratios"]["T"] = cost["T"]
     if not args.skip_data:
-        from snapdistill.bench_data import bench_data
+        from snapdistill.bench.data import bench_data
 
         result["data"] = bench_data(runs / "bench-data")
     Path(args.out).write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -10,13 +10,13 @@ scale (through the `sample` stage, into OUT/sweep/) for the FID–CLIP trade-off
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.evaluation.sweep import sweep
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
 from snapdistill.metrics import image_paths, open_images, read_rows
 from snapdistill.metrics.aggregate import mean_summary
@@ -220,52 +220,6 @@ def evaluate_run(run: SampleRun, scorers, state, config: EvalConfig) -> dict:
     return out
 
 
-# Guidance sweep --------------------------------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
-def resample_config(run: SampleRun, guidance: float, out: Path, config: EvalConfig):
-    """The run's own sample settings (model, steps, size, scheduler, seed) at another guidance scale."""
-    from snapdistill.sample import SampleConfig
-
-    c = run.manifest["config"]
-    scheduler = c.get("scheduler")
-    name = scheduler.get("name") if isinstance(scheduler, dict) else scheduler
-    return SampleConfig(
-        model=c["model_path"], out=out, source=c.get("source", {}), steps=c["steps"], guidance=guidance,
-        size=c["size"], scheduler=None if name in (None, "own") else name, spacing=c.get("spacing", "trailing"),
-        negative_prompt=c.get("negative_prompt"), seed=int(c.get("seed", 0)), batch_size=config.batch_size,
-        dtype=c.get("dtype", "fp32"), device=config.device, overwrite=True,  # eval owns its sweep folders
-    )
-
-
-def sweep(runs: list[SampleRun], config: EvalConfig, state) -> list[SampleRun]:
-    """Each run sampled again at every sweep guidance scale it was not sampled at."""
-    from snapdistill import sample as stage
-    from snapdistill.prompts import PromptItem
-
-    extra = []
-    chosen = None if not config.sweep_runs else {Path(f).resolve() for f in config.sweep_runs}
-    for run in runs:
-        if chosen is not None and run.path.resolve() not in chosen:
-            continue
-        seed = int(run.manifest["config"].get("seed", 0))
-        if any(int(r["seed"]) != seed + int(r["index"]) for r in run.rows):
-            raise SnapdistillError(f"{run.path}: seeds are not --seed + index; cannot re-sample it for the sweep")
-        items = [PromptItem(int(r["index"]), r["prompt"], r.get("style")) for r in run.rows]
-        for g in config.guidance_sweep or []:
-            if run.guidance is not None and abs(g - run.guidance) < 1e-9:
-                continue
-            folder = Path(config.out) / "sweep" / f"{_slug(run.label)}-s{run.steps}-g{g:g}"
-            stage.run(resample_config(run, g, folder, config), items)
-            state.wait_for_everyone()  # the main process writes the sample manifest last
-            extra.append(read_run(folder, run.label, sweep=True))
-    return extra
-
-
 # The stage ----------------------------------------------------------------------------------------
 
 
@@ -330,7 +284,7 @@ def report_row(run: SampleRun, metrics: dict) -> dict:
 
 def write_outputs(config: EvalConfig, runs: list[SampleRun], rows: list[dict], scorers: Scorers) -> Path:
     """report.json, report.md and the plots, then the manifest (last)."""
-    from snapdistill import report
+    from snapdistill.evaluation import report
     from snapdistill.metrics.fid import FID_RELIABLE_MIN
 
     out = Path(config.out)
@@ -366,7 +320,7 @@ def run(config: EvalConfig, *, fid_feature=None) -> Path:
     from accelerate import PartialState
 
     from snapdistill.models.loading import default_device
-    from snapdistill.sample import prepare_out
+    from snapdistill.sampling.render import prepare_out
 
     validate(config, fid_feature=fid_feature)
     state = PartialState()

@@ -15,22 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, read_manifest, write_manifest
-from snapdistill.models.loading import (
-    default_device,
-    load_pipeline,
-    read_student_info,
-    resolve_dtype,
-    resolve_model,
-)
-from snapdistill.prompts import PromptItem
-from snapdistill.schedulers import describe, make_scheduler
+from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
+from snapdistill.sampling.prompts import PromptItem
+from snapdistill.sampling.render import count_unet_rows, generate, prepare_out, resolve_settings, to_uint8
 
-DEFAULT_TEACHER_STEPS = 20
 GRID_IMAGES = 16
 RUN_CONFIG = "run.json"
 # Settings that decide the pixels: a rerun into the same folder must match them to reuse images.
@@ -58,59 +50,11 @@ class SampleConfig:
     overwrite: bool = False                      # replace images made with other settings or another model
 
 
-def model_fingerprint(path: Path) -> str:
-    """A cheap identity of the model's files (relative path, size, mtime), so that images of a model retrained
-    in place are never mistaken for the new model's. Hashing the weights themselves would read gigabytes."""
-    import hashlib
-
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
 def image_name(item: PromptItem, seed: int) -> str:
     """Relative output path: HPSv2's `{style}/{idx:05d}.jpg`, else `{idx:05d}-s{seed}.png`."""
     if item.style:
         return f"{item.style}/{item.index:05d}.jpg"
     return f"{item.index:05d}-s{seed}.png"
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] to uint8, rounding as diffusers' `numpy_to_pil` does."""
-    return (images * 255).round().astype("uint8")
-
-
-def count_unet_rows(unet) -> tuple[list[int], object]:
-    """Attach a hook counting UNet batch rows; returns (counter, handle)."""
-    counter = [0]
-
-    def hook(_module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        counter[0] += sample.shape[0]
-
-    return counter, unet.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-@torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, size: int,
-             negative_prompt: str | None = None) -> np.ndarray:
-    """Render one batch: float images [B, H, W, 3] in [0, 1], one CPU generator per image."""
-    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    result = pipe(
-        prompt=list(prompts),
-        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=size,
-        width=size,
-        generator=generators,
-        output_type="np",
-    )
-    return result.images
 
 
 def save_image(path: Path, pixels: np.ndarray) -> None:
@@ -135,17 +79,6 @@ def save_grid(paths: list[Path], out: Path, columns: int = 4) -> None:
     grid.save(out)
 
 
-def prepare_out(out: Path) -> None:
-    """Create `out` and check it can be written, with a one-line error when it cannot."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise SnapdistillError(f"{out}: output folder is not writable ({e.strerror or e}); choose another --out") from e
-
-
 def _check_rerun(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to mix images of different settings (or of a model changed since) in one folder; with
     `overwrite`, clear the old images instead."""
@@ -161,31 +94,6 @@ def _check_rerun(out: Path, settings: dict, overwrite: bool) -> None:
     if diff:
         shutil.rmtree(out / "images", ignore_errors=True)
         path.unlink()
-
-
-def _resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict, object]:
-    """Fill in defaults (steps, scheduler, size) from the model; return (settings, scheduler)."""
-    info = read_student_info(model_path) or {}
-    steps = config.steps if config.steps is not None else info.get("num_inference_steps", DEFAULT_TEACHER_STEPS)
-    # A step-distilled student is sampled with its own scheduler, on the grid it was trained on.
-    name = config.scheduler or ("own" if info.get("num_inference_steps") else "dpmsolver++")
-    scheduler = pipe.scheduler if name == "own" else make_scheduler(name, pipe.scheduler.config, spacing=config.spacing)
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    # The seed's benchmark is 512 px; models trained smaller (the toy world) keep their native size.
-    size = config.size or min(native, 512)
-    if size <= 0 or size % pipe.vae_scale_factor:
-        raise SnapdistillError(f"--size must be a positive multiple of {pipe.vae_scale_factor}, got {size}")
-    settings = {
-        "model_path": str(model_path.resolve()),
-        "model_fingerprint": model_fingerprint(model_path),
-        "steps": int(steps),
-        "guidance": float(config.guidance),
-        "size": int(size),
-        "scheduler": {"name": name, **describe(scheduler)},
-        "negative_prompt": config.negative_prompt,
-        "dtype": config.dtype,
-    }
-    return settings, scheduler
 
 
 def run(config: SampleConfig, items: list[PromptItem]) -> Path:
@@ -208,7 +116,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     if state.is_main_process:
         prepare_out(out)
     pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
-    settings, pipe.scheduler = _resolve_settings(config, pipe, model.path)
+    settings, pipe.scheduler = resolve_settings(config, pipe, model.path)
     if state.is_main_process:
         _check_rerun(out, settings, config.overwrite)
         previous = (read_manifest(out) or {}).get("metrics", {})  # same settings: its costs still hold

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from snapdistill.errors import SnapdistillError
 from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
-from snapdistill.sample import SampleConfig, _resolve_settings, count_unet_rows, generate
+from snapdistill.sampling.render import count_unet_rows, generate, resolve_settings
+from snapdistill.sampling.stage import SampleConfig
 
 TIMING_PROMPT = "a red circle on the left and a blue square at the top, white background"
 
@@ -59,7 +60,7 @@ def inspect_model(config: InspectConfig) -> dict:
                          allow_download=config.allow_download)
     sample_config = SampleConfig(model=config.model, out=Path("."), steps=config.steps, guidance=config.guidance,
                                  size=config.size)
-    settings, pipe.scheduler = _resolve_settings(sample_config, pipe, model.path)
+    settings, pipe.scheduler = resolve_settings(sample_config, pipe, model.path)
     unet = pipe.unet.config
     timing = time_sampling(pipe, prompts, steps=settings["steps"],
                            guidance=config.guidance, size=settings["size"])

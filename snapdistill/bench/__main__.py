@@ -1,0 +1,3 @@
+from snapdistill.bench.toy import main
+
+main()
