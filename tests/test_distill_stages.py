@@ -39,6 +39,15 @@ def steps_run(tmp_path_factory, guided_run, test_shards):
     return out
 
 
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory, tiny_eps_dir, test_shards):
+    """One stage from the base teacher: the student takes w and learns the CFG teacher's landing."""
+    out = tmp_path_factory.mktemp("embedded") / "run"
+    steps_stage.run(steps_stage.StepsConfig(common=_common(tiny_eps_dir, test_shards, out), from_steps=8, to_steps=2,
+                                            embed_guidance=True, cond_dim=32))
+    return out
+
+
 def _count_rows(pipe):
     rows, timesteps = [0], []
 
@@ -60,7 +69,7 @@ def test_guided_student_run_folder(guided_run):
     assert unet_config["time_cond_proj_dim"] == 32
 
 
-@pytest.mark.parametrize("run_name, steps", [("guided_run", 3), ("steps_run", None)])
+@pytest.mark.parametrize("run_name, steps", [("guided_run", 3), ("steps_run", None), ("embedded_run", None)])
 def test_student_runs_in_stock_diffusers_one_call_per_step(request, tmp_path, run_name, steps):
     """StableDiffusionPipeline.from_pretrained(student): one UNet row per image per step at guidance 7.5, and the
     same images as `snapdistill sample`."""
@@ -93,6 +102,14 @@ def test_step_student_manifest(steps_run):
     assert manifest["stage"] == "distill-steps" and manifest["config"]["from_steps"] == 8
     sched = json.loads((steps_run / "student" / "scheduler" / "scheduler_config.json").read_text())
     assert (sched["_class_name"], sched["timestep_spacing"]) == ("DDIMScheduler", "trailing")
+
+
+def test_embedded_student_takes_w(embedded_run, tiny_eps_dir):
+    info = json.loads((embedded_run / "student" / "snapdistill.json").read_text())
+    assert info["guidance_embedding"] is True and info["num_inference_steps"] == 2
+    unet_config = json.loads((embedded_run / "student" / "unet" / "config.json").read_text())
+    teacher_config = json.loads((tiny_eps_dir / "unet" / "config.json").read_text())
+    assert unet_config["time_cond_proj_dim"] == 32 and teacher_config["time_cond_proj_dim"] is None
 
 
 def test_v_teacher_and_v_student(tmp_path, tiny_v_dir, tiny_eps_dir, test_shards):

@@ -126,6 +126,11 @@ def distill_steps(
     cfg_prob: Annotated[float, typer.Option("--cfg-prob", help="Share of CFG-aware batches.")] = 0.1,
     cfg_range: Annotated[str, typer.Option("--cfg-range", help="s ~ U(LOW, HIGH) in CFG-aware batches.")] = "2-14",
     gamma: Annotated[float, typer.Option("--gamma", help="Weight of the original denoising loss (0: off).")] = 0.0,
+    embed_guidance: Annotated[bool, typer.Option(
+        "--embed-guidance/--no-embed-guidance",
+        help="With a base teacher: the student takes the guidance scale as an input (w = s - 1) and learns the "
+             "teacher's guided landing, one UNet call per step (stages 1 and 2 in one).")] = False,
+    cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of an --embed-guidance student.")] = 256,
     student_prediction: StudentPrediction = "same",
     student_arch: StudentArch = "same",
     feat_weight: FeatWeight = None,
@@ -172,5 +177,6 @@ def distill_steps(
                      allow_download=allow_download, resume=resume, overwrite=overwrite)
     config = stage.StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                                target_space=target_space, cfg_prob=cfg_prob,
-                               cfg_range=parse_range(cfg_range, "--cfg-range"), gamma=gamma)
+                               cfg_range=parse_range(cfg_range, "--cfg-range"), gamma=gamma,
+                               embed_guidance=embed_guidance, cond_dim=cond_dim)
     _launch(config, stage.run, dry_run)

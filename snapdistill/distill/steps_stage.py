@@ -27,7 +27,7 @@ from snapdistill.distill.stage import (
     resume_point,
     train_and_save,
 )
-from snapdistill.distill.student import copy_student, student_prediction_type, student_scheduler
+from snapdistill.distill.student import copy_student, guided_student, student_prediction_type, student_scheduler
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST
 
@@ -44,6 +44,8 @@ class StepsConfig:
     cfg_prob: float = 0.1                               # share of CFG-aware batches (SnapFusion §4.2)
     cfg_range: tuple[float, float] = (2.0, 14.0)
     gamma: float = 0.0                                  # weight of the original denoising loss (0: off)
+    embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
+    cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
 
 
 def check(config: StepsConfig) -> None:
@@ -70,6 +72,14 @@ def rounds(config: StepsConfig) -> list[tuple[int, int]]:
     return out
 
 
+def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: str) -> tuple:
+    """(student UNet, its w dim): a copy of the teacher, or, with `embed_guidance` on a teacher without a w
+    input, the teacher with a zero-initialised guidance input (it learns the guided landing in one pass)."""
+    if config.embed_guidance and w_dim is None:
+        return guided_student(teacher_unet, config.cond_dim, arch), config.cond_dim
+    return copy_student(teacher_unet, arch), w_dim
+
+
 def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
                  n: int, m: int, run_dir: Path, resume_from) -> tuple:
     common = config.common
@@ -77,8 +87,9 @@ def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: Diffusion
     grid = student_grid(sched_config, m)
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
     arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
-    unet = copy_student(teacher_model.unet, arch).to(teacher.pipe.device)
-    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), w_dim)
+    unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
+    unet = unet.to(teacher.pipe.device)
+    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), student_w)
     loss = StepLoss(teacher=Guided(teacher_model, w_dim), student=student, schedule=teacher_model.schedule,
                     grid=grid, substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(sched_config, teacher_model.schedule),
                     cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space, gamma=config.gamma)
@@ -88,7 +99,7 @@ def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: Diffusion
         student.model.unet = module
 
     info = {"stage": "distill-steps", "num_inference_steps": m, "timesteps": grid[:-1], "mode": config.mode,
-            "from_steps": n, "guidance_embedding": w_dim is not None, "prediction_type": student_type,
+            "from_steps": n, "guidance_embedding": student_w is not None, "prediction_type": student_type,
             "student_arch": common.student_arch}
     scheduler = student_scheduler(teacher.pipe.scheduler, steps=m, prediction_type=student_type)
     result = train_and_save(
@@ -96,7 +107,7 @@ def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: Diffusion
         stage="distill-steps", config=resolved_config(config), resume_from=resume_from,
         teacher_steps=config.from_steps, student_steps=m, run_dir=run_dir,
     )
-    return result, DiffusionModel(unet.eval().requires_grad_(False), teacher_model.schedule, student_type)
+    return result, DiffusionModel(unet.eval().requires_grad_(False), teacher_model.schedule, student_type), student_w
 
 
 def _finished_round(run_dir: Path, teacher_model: DiffusionModel, student_type: str) -> DiffusionModel:
@@ -124,10 +135,11 @@ def run(config: StepsConfig) -> Path | None:
             # Every round's student has this type: "same" keeps the previous round's, "v_prediction" stays v.
             student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
             teacher_model = _finished_round(run_dir, teacher_model, student_type)
+            w_dim = teacher_model.unet.config.time_cond_proj_dim
             sub_runs[f"round_{k}"] = run_dir.name
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
-        result, teacher_model = _train_round(config, teacher, teacher_model, w_dim, n, m, run_dir,
+        result, teacher_model, w_dim = _train_round(config, teacher, teacher_model, w_dim, n, m, run_dir,
                                              resume_point(run_dir, common.resume))
         if progressive:
             finish(stage="distill-steps", common=common, config={**resolved_config(config), "round": [n, m]},
