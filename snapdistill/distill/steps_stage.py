@@ -27,7 +27,12 @@ from snapdistill.distill.stage import (
     resume_point,
     train_and_save,
 )
-from snapdistill.distill.student import copy_student, guided_student, student_prediction_type, student_scheduler
+from snapdistill.distill.student import (
+    copy_student,
+    guided_student,
+    student_prediction_type,
+    student_scheduler,
+)
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST
 
