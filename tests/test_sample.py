@@ -176,3 +176,39 @@ def test_unwritable_out(tmp_path, tiny_eps_dir, cli):
     blocker.write_text("")
     code, _, err = cli("sample", "--teacher", tiny_eps_dir, "--prompt", "x", "--out", blocker / "sub")
     assert code == 2 and "output folder is not writable" in err
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("out_at, how", [("model", "is"), ("model/samples", "lies inside"), (".", "contains")])
+def test_out_overlapping_the_model_is_refused_and_nothing_is_written(tmp_path, tiny_eps_dir, cli, out_at, how):
+    import shutil
+
+    model = shutil.copytree(tiny_eps_dir, tmp_path / "model")
+    before = _files(model)
+    out = tmp_path / out_at
+    code, _, err = cli("sample", "--teacher", model, "--prompt", "x", "--steps", 1, "--out", out, "--overwrite")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--out {out} {how} the --teacher input {model}; choose an --out outside every input" in err
+    assert _files(model) == before and not (tmp_path / "images").exists()
+
+
+def test_out_through_a_symlink_to_the_model_is_refused(tmp_path, tiny_eps_dir, cli):
+    import shutil
+
+    model = shutil.copytree(tiny_eps_dir, tmp_path / "model")
+    (tmp_path / "link").symlink_to(model)
+    code, _, err = cli("sample", "--teacher", model, "--prompt", "x", "--out", tmp_path / "link")
+    assert code == 2 and "is the --teacher input" in err
+    assert not (model / "images").exists()
+
+
+@pytest.mark.parametrize("flag", ["--prompts", "--coco"])
+def test_out_equal_to_a_prompt_file_is_refused(tmp_path, tiny_eps_dir, cli, flag):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(["x"] if flag == "--prompts" else {"annotations": [{"image_id": 1, "caption": "x"}]}))
+    code, _, err = cli("sample", "--teacher", tiny_eps_dir, flag, path, "--out", path)
+    assert code == 2 and f"is the {flag} input" in err and err.count("\n") == 1
+

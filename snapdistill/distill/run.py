@@ -18,7 +18,8 @@ from PIL import Image
 from snapdistill.distill.loop import latest_checkpoint
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text
-from snapdistill.sampling.render import prepare_out, to_uint8
+from snapdistill.outdir import prepare_out
+from snapdistill.sampling.render import to_uint8
 
 CONFIG = "config.json"
 # Settings that may change on resume without changing what is trained.
@@ -37,9 +38,12 @@ def _flat(config: dict, prefix: str = "") -> dict:
 
 
 def prepare_run(out: Path, config: dict, *, resume: str | None, overwrite: bool) -> None:
-    """Check `out` against the request (finished run, unfinished run, resume settings); write config.json."""
+    """Check `out` against the request (finished run, unfinished run, resume settings); write config.json.
+
+    `out` has already been checked apart from the teacher and the shards: both stages call `load_teacher` first.
+    """
     out = Path(out)
-    if overwrite and out.exists():
+    if overwrite and out.is_dir():
         shutil.rmtree(out)
     if (out / MANIFEST).is_file():
         raise SnapdistillError(f"{out}: holds a finished run; pass --overwrite or choose another --out")

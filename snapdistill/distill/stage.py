@@ -27,6 +27,7 @@ from snapdistill.distill.student import save_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.outdir import check_out_apart
 from snapdistill.sampling.render import generate
 
 
@@ -66,10 +67,15 @@ class Teacher:
 
 
 def load_teacher(common: CommonConfig) -> Teacher:
-    """The teacher pipeline in fp32 on this process's device (frozen)."""
+    """The teacher pipeline in fp32 on this process's device (frozen).
+
+    Both stages call this first, so `--out` is checked here, before the teacher loads and before `prepare_run`
+    may clear it: an `--out` overlapping the teacher or the shards is refused.
+    """
     from snapdistill.dist import process_state
 
     model = resolve_model(common.teacher, allow_download=common.allow_download)
+    check_out_apart(common.out, {"--teacher": model.path, "--shards": common.shards})
     device = common.device or str(process_state().device)
     pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
