@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snapdistill.distill.loop import latest_checkpoint
+from snapdistill.distill.loop import check_checkpoint, latest_checkpoint
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text
 from snapdistill.outdir import prepare_out
@@ -66,9 +66,7 @@ def resume_point(run_dir: Path, resume: str | None) -> Path | None:
     if not resume:
         return None
     checkpoint = latest_checkpoint(run_dir) if resume == "latest" else Path(resume)
-    if checkpoint is not None and not (checkpoint / "trainer.json").is_file():
-        raise SnapdistillError(f"{checkpoint}: not a complete checkpoint (no trainer.json)")
-    return checkpoint
+    return None if checkpoint is None else check_checkpoint(checkpoint)
 
 
 def json_ready(value: Any) -> Any:
