@@ -1,13 +1,18 @@
-"""Files from elsewhere (weights, checkpoints) are read as data, so nothing in them can run.
+"""Files from elsewhere (weights, checkpoints, shards) are read as data, so nothing in them can run.
 
-Every `torch.load` in the package passes `weights_only=True` and no module imports pickle. Resume checkpoints
+Every `torch.load` in the package passes `weights_only=True` and no module imports pickle; shards decode only
+their image and caption; the FID Inception file is checked before torch-fidelity reads it. Resume checkpoints
 are tested in test_distill_loop.py.
 """
 
 from __future__ import annotations
 
 import ast
+import pickle
 from pathlib import Path
+
+import pytest
+import torch
 
 import snapdistill
 
@@ -62,3 +67,41 @@ def test_no_module_imports_pickle():
                       if n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib")]
     assert not found, f"pickle imported at {', '.join(found)}"
 
+
+class _Payload:
+    """Unpickling this creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_pickle_member_in_a_training_shard_is_never_unpickled(tmp_path):
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from snapdistill.distill.data import ShardPairs
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="JPEG")
+    with wds.TarWriter(str(tmp_path / "s-000000.tar")) as sink:
+        for i in range(2):
+            sink.write({"__key__": f"{i:06d}", "jpg": buf.getvalue(), "txt": "a red square",
+                        "pyd": pickle.dumps(_Payload(tmp_path / "pwned"))})
+    pixels, captions = next(ShardPairs([str(tmp_path / "s-000000.tar")], size=8).batches(2))
+    assert pixels.shape == (2, 3, 8, 8) and captions == ["a red square"] * 2
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_inception_weights_holding_a_pickle_are_refused_unread(tmp_path):
+    from snapdistill.errors import SnapdistillError
+    from snapdistill.metrics.fid import FidScorer
+
+    torch.save({"w": torch.zeros(1), "x": _Payload(tmp_path / "pwned")}, tmp_path / "inception.pth")
+    with pytest.raises(SnapdistillError, match="does not load as plain tensors .*refusing to load it"):
+        FidScorer.inception(tmp_path / "inception.pth")
+    assert not (tmp_path / "pwned").exists()
