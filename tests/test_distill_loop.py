@@ -123,6 +123,18 @@ def test_checkpoints_hold_only_tensors_and_json_and_resume_exactly(tmp_path):
     assert _stats_steps(tmp_path / "b") == [1, 2, 3, 4, 5, 6]
 
 
+def test_stats_log_has_one_row_per_step_after_a_fresh_start_and_a_resume(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stats.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+    _tiny_train(run, max_steps=4, checkpoint_every=2, ema_decay=0)  # from nothing: the old rows go
+    assert _stats_steps(run) == [1, 2, 3, 4]
+    with open(run / "stats.jsonl", "a") as f:  # rows a stopped run logged after its last checkpoint
+        f.write(json.dumps({"step": 5, "loss": 9.0}) + "\n")
+    _tiny_train(run, max_steps=6, checkpoint_every=2, ema_decay=0, resume=run / "checkpoints" / "step-0000002")
+    assert _stats_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
 class _Payload:
     """Unpickling this creates the file `path`: what a malicious checkpoint could do instead."""
 

@@ -157,7 +157,7 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, ema) -> tuple[in
 
 
 def _truncate_stats(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from."""
+    """Drop log lines written after `step`: the checkpoint a run resumes from, or 0 for a fresh run."""
     if path.is_file():
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
@@ -206,8 +206,8 @@ def train(
     step, consumed = 0, 0
     if resume is not None:
         step, consumed = _load_checkpoint(resume, accelerator, student, optimizer, ema)
-        if accelerator.is_main_process:
-            _truncate_stats(run_dir / "stats.jsonl", step)
+    if accelerator.is_main_process:  # a fresh run starts an empty log; a resumed one drops lines after its step
+        _truncate_stats(run_dir / "stats.jsonl", step)
     # The LR schedule is a pure function of the step, so a resumed run rebuilds it there (last_epoch = step - 1).
     # It is stepped once per optimisation step by hand: accelerate's wrapper would step it once per process,
     # making the schedule depend on the number of processes.
