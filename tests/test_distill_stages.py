@@ -199,3 +199,32 @@ def test_out_overlapping_a_named_teacher_is_refused(cli, tmp_path, test_shards, 
     assert code == 2 and "contains the --teacher input" in err and err.count("\n") == 1
     assert (models_dir() / "sd15" / "model_index.json").is_file()
 
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "nan", "--lr must be a finite number > 0"),
+    ("--lr", "inf", "--lr must be a finite number > 0"),
+    ("--lr", "0", "--lr must be a finite number > 0"),
+    ("--lr", "-1e-4", "--lr must be a finite number > 0"),
+    ("--grad-accum", "0", "--grad-accum must be an integer >= 1"),
+    ("--batch-size", "0", "--batch-size must be an integer >= 1"),
+    ("--max-steps", "0", "--max-steps must be an integer >= 1"),
+    ("--warmup-steps", "-1", "--warmup-steps must be an integer >= 0"),
+    ("--ema-decay", "1", "--ema-decay must be in [0, 1)"),
+    ("--ema-decay", "-0.1", "--ema-decay must be in [0, 1)"),
+    ("--ema-decay", "nan", "--ema-decay must be in [0, 1)"),
+    ("--max-minutes", "0", "--max-minutes must be a finite number > 0"),
+    ("--checkpoint-every", "-1", "--checkpoint-every must be an integer >= 0"),
+    ("--caption-dropout", "1.5", "--caption-dropout must be in [0, 1]"),
+])
+@pytest.mark.parametrize("stage", ["distill-guidance", "distill-steps"])
+def test_numeric_settings_are_checked_before_anything_loads(cli, tmp_path, test_shards, monkeypatch, stage, flag,
+                                                            value, message):
+    from snapdistill.distill import stage as common_stage
+
+    def no_load(*a, **k):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(common_stage, "load_pipeline", no_load)
+    code, _, err = cli(stage, "--teacher", "toy", "--shards", test_shards, "--out", tmp_path / "o", flag, value)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()

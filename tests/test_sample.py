@@ -212,3 +212,28 @@ def test_out_equal_to_a_prompt_file_is_refused(tmp_path, tiny_eps_dir, cli, flag
     code, _, err = cli("sample", "--teacher", tiny_eps_dir, flag, path, "--out", path)
     assert code == 2 and f"is the {flag} input" in err and err.count("\n") == 1
 
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    (["--guidance", "inf"], "--guidance must be a finite number >= 0"),
+    (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
+    (["--limit", "0"], "--limit must be a positive integer"),
+    (["--limit", "-1"], "--limit must be a positive integer"),
+    (["--steps", "-2"], "--steps must be a positive integer"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--size", "0"], "--size must be a positive integer"),
+])
+def test_numeric_flags_are_checked_before_anything_loads(tmp_path, cli, monkeypatch, args, message):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stage, "load_pipeline", no_load)
+    code, _, err = cli("sample", "--teacher", "toy", "--prompt", "a", "--prompt", "b", *args, "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_guidance_below_one_is_allowed(tmp_path, tiny_eps_dir):
+    m = json.loads(stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=tmp_path / "s", steps=1, guidance=0.5),
+                             _items()[:1]).read_text())
+    assert m["config"]["guidance"] == 0.5 and m["metrics"]["unet_calls_per_image"] == 1

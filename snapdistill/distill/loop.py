@@ -50,6 +50,24 @@ class TrainConfig:
     validate_every: int = 0                 # steps between validation grids (0: only at the end)
     seed: int = 0
 
+    def check(self) -> None:
+        """Refuse impossible numbers with one line, before anything loads (a batch size of 0 would hang)."""
+        counts = {"--max-steps": (self.max_steps, 1), "--batch-size": (self.batch_size, 1),
+                  "--grad-accum": (self.grad_accum, 1), "--warmup-steps": (self.warmup_steps, 0),
+                  "--checkpoint-every": (self.checkpoint_every, 0), "--validate-every": (self.validate_every, 0)}
+        for flag, (value, least) in counts.items():
+            if value < least:
+                raise SnapdistillError(f"{flag} must be an integer >= {least}, got {value}")
+        # Written as `not (ok)` so that nan, which compares false to everything, is refused too.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SnapdistillError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise SnapdistillError(f"--ema-decay must be in [0, 1) (0 disables EMA), got {self.ema_decay}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise SnapdistillError(f"--max-minutes must be a finite number > 0, got {self.max_minutes}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise SnapdistillError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
+
 
 def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
     """The CPU generator of one micro-step: a pure function of (seed, step, rank, micro)."""
