@@ -282,3 +282,36 @@ def test_shard_bytes_are_webdataset_tarwriter_bytes(tmp_path):
         for s in samples:
             tar.write(s)
     assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "wds.tar").read_bytes()
+
+
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("source, out_at, how", [
+    ("folder:{d}/pics", "pics", "is"),
+    ("folder:{d}/pics", "pics/shards", "lies inside"),
+    ("folder:{d}/pics", ".", "contains"),
+    ("table:{d}/t.jsonl", ".", "contains"),
+    ("table:{d}/t.jsonl,root={d}", "shards", "lies inside"),
+])
+def test_out_overlapping_a_source_is_refused_and_nothing_is_touched(tmp_path, cli, source, out_at, how):
+    (tmp_path / "pics").mkdir()
+    for i in range(3):
+        noise(i).save(tmp_path / "pics" / f"{i}.jpg")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"image": f"pics/{i}.jpg", "caption": f"c{i}"}) + "\n"
+                                              for i in range(3)))
+    before = _tree(tmp_path)
+    out = tmp_path / out_at
+    code, _, err = cli("build-data", "--source", source.format(d=tmp_path), "--resolution", "32", "--out", out,
+                       "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--out {out} {how} the --source {source.format(d=tmp_path).split(',')[0]} input" in err
+    assert _tree(tmp_path) == before and not (tmp_path / "shards").exists()
+
+
+def test_out_beside_a_table_in_its_default_image_root_is_allowed(tmp_path, faulty):
+    """The table's own folder is its default image root: the outputs may go there, only the listed images are read."""
+    assert faulty.parent == tmp_path
+    build.run(config(faulty, tmp_path / "shards"))
+    assert (tmp_path / "shards" / "manifest.json").is_file()

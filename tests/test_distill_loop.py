@@ -86,3 +86,85 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
 
 def test_lr_warmup_then_cosine():
     assert [round(lr_factor(s, 4, 12), 4) for s in (0, 3, 4, 8, 12)] == [0.25, 1.0, 1.0, 0.5, 0.0]
+
+
+def _tiny_train(run_dir, *, max_steps, resume=None, **kw):
+    """Train `_Tiny` on a fixed loss; every step draws from its own generator, as the stages' losses do."""
+    model = _Tiny()
+
+    def loss_fn(batch, gen):
+        return (model.w * torch.randn(3, generator=gen)).sum() ** 2 * torch.ones(2)
+
+    config = TrainConfig(max_steps=max_steps, batch_size=1, warmup_steps=1, **kw)
+    Path(run_dir).mkdir(exist_ok=True)
+    train(run_dir=run_dir, student=model, loss_fn=loss_fn, batches=lambda skip: iter(range(skip, 10_000)),
+          config=config, resume=resume)
+    return model
+
+
+def _stats_steps(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+
+
+def test_checkpoints_hold_only_tensors_and_json_and_resume_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    straight = _tiny_train(tmp_path / "a", max_steps=6, checkpoint_every=2, ema_decay=0.9)
+    _tiny_train(tmp_path / "b", max_steps=6, checkpoint_every=2, ema_decay=0.9)
+    names = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert names == ["latest", "step-0000004", "step-0000006"]  # the two newest, complete
+    step4 = tmp_path / "b" / "checkpoints" / "step-0000004"
+    assert sorted(p.name for p in step4.iterdir()) == ["ema.pt", "model.safetensors", "optimizer.pt", "trainer.json"]
+    assert set(load_file(step4 / "model.safetensors")) == {"w"}
+    for name in ("optimizer.pt", "ema.pt"):
+        torch.load(step4 / name, weights_only=True)  # tensors and plain values only
+    resumed = _tiny_train(tmp_path / "b", max_steps=6, checkpoint_every=2, ema_decay=0.9, resume=step4)
+    assert torch.equal(straight.w, resumed.w)
+    assert _stats_steps(tmp_path / "b") == [1, 2, 3, 4, 5, 6]
+
+
+def test_stats_log_has_one_row_per_step_after_a_fresh_start_and_a_resume(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stats.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+    _tiny_train(run, max_steps=4, checkpoint_every=2, ema_decay=0)  # from nothing: the old rows go
+    assert _stats_steps(run) == [1, 2, 3, 4]
+    with open(run / "stats.jsonl", "a") as f:  # rows a stopped run logged after its last checkpoint
+        f.write(json.dumps({"step": 5, "loss": 9.0}) + "\n")
+    _tiny_train(run, max_steps=6, checkpoint_every=2, ema_decay=0, resume=run / "checkpoints" / "step-0000002")
+    assert _stats_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+class _Payload:
+    """Unpickling this creates the file `path`: what a malicious checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _guided_args(tiny_eps_dir, test_shards, out):
+    return ("distill-guidance", "--teacher", tiny_eps_dir, "--shards", test_shards, "--out", out, "--max-steps", 2,
+            "--batch-size", 2, "--checkpoint-every", 1, "--cond-dim", 32)
+
+
+@pytest.mark.parametrize("plant, message", [
+    ("custom_checkpoint_0.pkl", "not a snapdistill checkpoint (unexpected file custom_checkpoint_0.pkl); refusing"),
+    ("optimizer.pt", "not a snapdistill checkpoint (optimizer.pt does not load as plain tensors: UnpicklingError)"),
+])
+def test_resume_refuses_a_checkpoint_with_a_pickle_and_runs_nothing(cli, tmp_path, tiny_eps_dir, test_shards, plant,
+                                                                    message):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    assert cli(*_guided_args(tiny_eps_dir, test_shards, run))[0] == 0
+    (run / "manifest.json").unlink()  # as if it had stopped after its last checkpoint
+    torch.save(_Payload(tmp_path / "live"), tmp_path / "payload.pt")
+    torch.load(tmp_path / "payload.pt", weights_only=False)  # the payload works when unpickled...
+    assert (tmp_path / "live").exists()
+    latest = latest_checkpoint(run)
+    torch.save(_Payload(marker), latest / plant)  # as accelerate wrote (and read back) its custom_checkpoint_*.pkl
+    code, _, err = cli(*_guided_args(tiny_eps_dir, test_shards, run), "--resume", "latest")
+    assert code == 2 and err.count("\n") == 1 and f"{latest}: {message}" in err, err
+    assert not marker.exists()  # ...and resuming never unpickled it
+    assert not (run / "manifest.json").exists()

@@ -176,3 +176,72 @@ def test_finished_run_and_resume_with_other_settings(cli, tmp_path, tiny_eps_dir
     code, _, err = _bad(cli, tmp_path, tiny_eps_dir, test_shards, *args, "--lr", "0.5", "--cfg-prob", "0.3",
                         "--resume", "latest")
     assert code == 2 and "(cfg_prob, common.train.lr differ)" in err
+
+
+def files(folder):
+    """Every file under `folder` with its bytes: what must survive a refused run."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("stage, teacher_at, shards_at, out_at, how", [
+    ("distill-guidance", None, "x", "x", "is the --shards input"),
+    ("distill-guidance", None, "p/shards", "p", "contains the --shards input"),
+    ("distill-guidance", None, "p/shards", "p/shards/run", "lies inside the --shards input"),
+    ("distill-steps", "r/student", "s", "r", "contains the --teacher input"),
+    ("distill-steps", "r/student", "s", "r/student", "is the --teacher input"),
+    ("distill-steps", "r/student", "s", "r/student/run", "lies inside the --teacher input"),
+])
+def test_out_overlapping_an_input_is_refused_and_nothing_is_deleted(cli, tmp_path, tiny_eps_dir, test_shards, stage,
+                                                                    teacher_at, shards_at, out_at, how):
+    teacher = shutil.copytree(tiny_eps_dir, tmp_path / teacher_at) if teacher_at else tiny_eps_dir
+    shards = shutil.copytree(test_shards, tmp_path / shards_at)
+    before = {f: files(f) for f in (teacher, shards)}
+    code, _, err = cli(stage, "--teacher", teacher, "--shards", shards, "--out", tmp_path / out_at, "--overwrite",
+                       "--max-steps", 1, "--batch-size", 2, *(("--from", 4, "--to", 2) if stage == "distill-steps" else ()))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--out {tmp_path / out_at} {how} {tmp_path / (teacher_at or shards_at)}" in err
+    assert "choose an --out outside every input" in err
+    assert {f: files(f) for f in (teacher, shards)} == before
+
+
+def test_out_overlapping_a_named_teacher_is_refused(cli, tmp_path, test_shards, monkeypatch):
+    """A teacher name is checked by the local folder it resolves to, not by its spelling."""
+    from snapdistill.models.loading import models_dir
+
+    monkeypatch.setenv("SNAPDISTILL_MODELS", str(tmp_path / "models"))
+    (models_dir() / "sd15").mkdir(parents=True)
+    (models_dir() / "sd15" / "model_index.json").write_text("{}")
+    code, _, err = cli("distill-guidance", "--teacher", "sd15", "--shards", test_shards, "--out", tmp_path / "models",
+                       "--overwrite")
+    assert code == 2 and "contains the --teacher input" in err and err.count("\n") == 1
+    assert (models_dir() / "sd15" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "nan", "--lr must be a finite number > 0"),
+    ("--lr", "inf", "--lr must be a finite number > 0"),
+    ("--lr", "0", "--lr must be a finite number > 0"),
+    ("--lr", "-1e-4", "--lr must be a finite number > 0"),
+    ("--grad-accum", "0", "--grad-accum must be an integer >= 1"),
+    ("--batch-size", "0", "--batch-size must be an integer >= 1"),
+    ("--max-steps", "0", "--max-steps must be an integer >= 1"),
+    ("--warmup-steps", "-1", "--warmup-steps must be an integer >= 0"),
+    ("--ema-decay", "1", "--ema-decay must be in [0, 1)"),
+    ("--ema-decay", "-0.1", "--ema-decay must be in [0, 1)"),
+    ("--ema-decay", "nan", "--ema-decay must be in [0, 1)"),
+    ("--max-minutes", "0", "--max-minutes must be a finite number > 0"),
+    ("--checkpoint-every", "-1", "--checkpoint-every must be an integer >= 0"),
+    ("--caption-dropout", "1.5", "--caption-dropout must be in [0, 1]"),
+])
+@pytest.mark.parametrize("stage", ["distill-guidance", "distill-steps"])
+def test_numeric_settings_are_checked_before_anything_loads(cli, tmp_path, test_shards, monkeypatch, stage, flag,
+                                                            value, message):
+    from snapdistill.distill import stage as common_stage
+
+    def no_load(*a, **k):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(common_stage, "load_pipeline", no_load)
+    code, _, err = cli(stage, "--teacher", "toy", "--shards", test_shards, "--out", tmp_path / "o", flag, value)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()

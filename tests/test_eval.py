@@ -260,3 +260,15 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, cli):
 
     (run / "images" / "00001-s1.png").unlink()
     assert "2 images for 3 prompts" in _one_line_error(cli, run, "--out", out)
+
+
+@pytest.mark.parametrize("out_at, flag", [("a", "sample-run"), ("a/eval", "sample-run"), (".", "sample-run"),
+                                          ("ref/eval", "--mse-reference")])
+def test_out_overlapping_an_input_is_refused_and_nothing_is_touched(tmp_path, cli, out_at, flag):
+    runs = tmp_path / "runs"
+    a, ref = fake_run(runs / "a", _solid(50)), fake_run(runs / "ref", _solid(60))
+    before = {p.relative_to(runs): p.read_bytes() for p in sorted(runs.rglob("*")) if p.is_file()}
+    out = runs / out_at
+    err = _one_line_error(cli, a, "--mse-reference", ref, "--out", out)
+    assert f"--out {out}" in err and f"the {flag} input" in err and "choose an --out outside every input" in err
+    assert {p.relative_to(runs): p.read_bytes() for p in sorted(runs.rglob("*")) if p.is_file()} == before

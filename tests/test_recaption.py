@@ -162,3 +162,22 @@ def test_replace_mode_in_fp16_on_gpu(tmp_path, shards, blip, clip_dir):
     got = _by_orig(tmp_path / "gpu")
     assert len(got) == 4 and all(s["txt"] for s in got.values())
     assert {json.loads(s["json"])["caption_source"] for s in got.values()} <= {"model", "cleaned"}
+
+
+@pytest.mark.parametrize("out_at, how", [("p/shards", "is"), ("p", "contains"), ("p/shards/clean", "lies inside")])
+def test_out_overlapping_the_input_is_refused_and_nothing_is_touched(tmp_path, shards, cli, out_at, how):
+    import shutil
+
+    src = shutil.copytree(shards, tmp_path / "p" / "shards")
+    before = {p.relative_to(src): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
+    code, _, err = cli("recaption", "--in", src, "--out", tmp_path / out_at)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--out {tmp_path / out_at} {how} the --in input {src}; choose an --out outside every input" in err
+    assert {p.relative_to(src): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()} == before
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, shards, cli):
+    (tmp_path / "taken").write_text("mine")
+    code, _, err = cli("recaption", "--in", shards, "--out", tmp_path / "taken")
+    assert code == 2 and err.count("\n") == 1 and "is a file, not a folder" in err, err
+    assert (tmp_path / "taken").read_text() == "mine"

@@ -176,3 +176,64 @@ def test_unwritable_out(tmp_path, tiny_eps_dir, cli):
     blocker.write_text("")
     code, _, err = cli("sample", "--teacher", tiny_eps_dir, "--prompt", "x", "--out", blocker / "sub")
     assert code == 2 and "output folder is not writable" in err
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("out_at, how", [("model", "is"), ("model/samples", "lies inside"), (".", "contains")])
+def test_out_overlapping_the_model_is_refused_and_nothing_is_written(tmp_path, tiny_eps_dir, cli, out_at, how):
+    import shutil
+
+    model = shutil.copytree(tiny_eps_dir, tmp_path / "model")
+    before = _files(model)
+    out = tmp_path / out_at
+    code, _, err = cli("sample", "--teacher", model, "--prompt", "x", "--steps", 1, "--out", out, "--overwrite")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--out {out} {how} the --teacher input {model}; choose an --out outside every input" in err
+    assert _files(model) == before and not (tmp_path / "images").exists()
+
+
+def test_out_through_a_symlink_to_the_model_is_refused(tmp_path, tiny_eps_dir, cli):
+    import shutil
+
+    model = shutil.copytree(tiny_eps_dir, tmp_path / "model")
+    (tmp_path / "link").symlink_to(model)
+    code, _, err = cli("sample", "--teacher", model, "--prompt", "x", "--out", tmp_path / "link")
+    assert code == 2 and "is the --teacher input" in err
+    assert not (model / "images").exists()
+
+
+@pytest.mark.parametrize("flag", ["--prompts", "--coco"])
+def test_out_equal_to_a_prompt_file_is_refused(tmp_path, tiny_eps_dir, cli, flag):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(["x"] if flag == "--prompts" else {"annotations": [{"image_id": 1, "caption": "x"}]}))
+    code, _, err = cli("sample", "--teacher", tiny_eps_dir, flag, path, "--out", path)
+    assert code == 2 and f"is the {flag} input" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    (["--guidance", "inf"], "--guidance must be a finite number >= 0"),
+    (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
+    (["--limit", "0"], "--limit must be a positive integer"),
+    (["--limit", "-1"], "--limit must be a positive integer"),
+    (["--steps", "-2"], "--steps must be a positive integer"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--size", "0"], "--size must be a positive integer"),
+])
+def test_numeric_flags_are_checked_before_anything_loads(tmp_path, cli, monkeypatch, args, message):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stage, "load_pipeline", no_load)
+    code, _, err = cli("sample", "--teacher", "toy", "--prompt", "a", "--prompt", "b", *args, "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_guidance_below_one_is_allowed(tmp_path, tiny_eps_dir):
+    m = json.loads(stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=tmp_path / "s", steps=1, guidance=0.5),
+                             _items()[:1]).read_text())
+    assert m["config"]["guidance"] == 0.5 and m["metrics"]["unet_calls_per_image"] == 1

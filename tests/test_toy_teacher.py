@@ -113,7 +113,13 @@ def test_toy_training_to_unwritable_out_is_one_line_exit_2(cli, tmp_path):
     blocker.write_text("x")
     code, _, err = cli("toy", "teacher", "--out", blocker / "teacher", "--minutes", "0")
     assert code == 2
-    assert err.strip().count("\n") == 0 and "pass a writable --out" in err
+    assert err.strip().count("\n") == 0 and "output folder is not writable" in err and "choose another --out" in err
+
+
+def test_toy_teacher_out_inside_its_work_folder_is_refused(cli, tmp_path):
+    code, _, err = cli("toy", "teacher", "--out", tmp_path / "w" / "export", "--work", tmp_path / "w", "--minutes", "0")
+    assert code == 2 and err.strip().count("\n") == 0 and "lies inside the --work input" in err
+    assert not (tmp_path / "w").exists()
 
 
 # The shipped teacher -------------------------------------------------------------------------

@@ -49,15 +49,16 @@ def sample(
     from snapdistill.sampling import stage
     from snapdistill.sampling.prompts import collect_prompts
 
-    items = collect_prompts(prompts=prompt, prompts_file=prompts, coco=coco, hps_dir=hps_benchmark,
-                            toy_val=toy_val, limit=limit)
     source = {"prompt": prompt, "prompts": prompts, "coco": coco, "hps_benchmark": hps_benchmark,
               "toy_val": toy_val, "limit": limit}
     config = stage.SampleConfig(
-        model=teacher, out=out, source={k: v for k, v in source.items() if v}, steps=steps, guidance=guidance,
-        size=size, scheduler=scheduler, spacing=spacing, negative_prompt=negative_prompt, seed=seed,
-        batch_size=batch_size, dtype=dtype, device=device, allow_download=allow_download,
+        model=teacher, out=out, source={k: v for k, v in source.items() if v is not None}, steps=steps,
+        guidance=guidance, size=size, scheduler=scheduler, spacing=spacing, negative_prompt=negative_prompt,
+        seed=seed, batch_size=batch_size, dtype=dtype, device=device, allow_download=allow_download,
         overwrite=overwrite,
     )
+    config.check()  # before the prompts are read: --limit 0 or -1 would silently change which prompts
+    items = collect_prompts(prompts=prompt, prompts_file=prompts, coco=coco, hps_dir=hps_benchmark,
+                            toy_val=toy_val, limit=limit)
     manifest = stage.run(config, items)
     typer.echo(f"wrote {len(items)} images to {out / 'images'} ({manifest})")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import typer
 
 from snapdistill.cli import app
-from snapdistill.errors import SnapdistillError
+from snapdistill.outdir import prepare_out
 
 toy_app = typer.Typer(
     help=(
@@ -24,21 +22,6 @@ toy_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(toy_app, name="toy")
-
-
-def _writable(folder: Path, flag: str = "--out") -> Path:
-    """Create `folder` and prove it is writable, or stop with a one-line error."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise SnapdistillError(
-            f"{folder}: cannot write there ({e.strerror or e}); pass a writable {flag}"
-        ) from e
-    return folder
 
 
 def _logger(path: Path):
@@ -71,7 +54,7 @@ def judge_cmd(
     from snapdistill.toy.judge import judge_stage
     from snapdistill.toy.paths import WEIGHTS_DIR
 
-    out = _writable(out or WEIGHTS_DIR / "judge")
+    out = prepare_out(out or WEIGHTS_DIR / "judge")
     _threads(threads)
     judge_stage(out, seed=seed, steps=steps, log=_logger(out / "train.log"))
 
@@ -89,7 +72,7 @@ def vae_cmd(
     """
     from snapdistill.toy.vae import vae_stage
 
-    out = _writable(out)
+    out = prepare_out(out)
     _threads(threads)
     vae_stage(out, seed=seed, steps=steps, log=_logger(out / "train.log"))
 
@@ -120,8 +103,9 @@ def teacher_cmd(
     if dry_run:
         typer.echo(json.dumps(asdict(recipe), indent=2))
         return
-    out = _writable(out or WEIGHTS_DIR / "teacher")
-    work = _writable(work, "--work")
+    # The exported pipeline has a vae/ of its own: inside --work it would replace the VAE a resume reads.
+    out = prepare_out(out or WEIGHTS_DIR / "teacher", {"--work": work})
+    work = prepare_out(work, flag="--work")
     _threads(threads)
     metrics = teacher_stage(
         out, work, recipe, minutes=minutes, n_eval=n_eval, log=_logger(work / "train.log")

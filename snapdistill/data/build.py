@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from snapdistill import outdir
 from snapdistill.data.filters import Deduper, FilterConfig, hps_reason, normalize_caption
 from snapdistill.data.shards import (
     PROGRESS,
@@ -230,12 +231,10 @@ class _Run:
                                           "rejects_bytes": self.rejects.tell(), "tally": self.tally.data})
 
 
-def prepare_out(out: Path, config: BuildConfig) -> list[dict]:
-    """Create `out`, refuse a folder holding other settings; return the shards kept from a stopped run."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SnapdistillError(f"{out}: cannot create the output folder ({e.strerror or e}); choose another --out") from e
+def prepare_out(out: Path, config: BuildConfig, opened: list[Opened]) -> list[dict]:
+    """Create `out` apart from the sources' files, refuse a folder holding other settings; return the shards kept
+    from a stopped run."""
+    outdir.prepare_out(out, {f"--source {s.label}": o.out_apart() for s, o in zip(config.sources, opened)})
     check_settings(out, RUN_CONFIG, settings(config))
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is no longer a finished build
     done = finished_shards(out)
@@ -307,7 +306,7 @@ def run(config: BuildConfig, *, scorer=None) -> Path:
         if config.hps_threshold is not None and scorer is None:
             scorer = load_scorer(config)
         out = Path(config.out)
-        done = prepare_out(out, config)
+        done = prepare_out(out, config, opened)
         tally, dedupe = restore(out, done, config)
         work = _Run(config, scorer if config.hps_threshold is not None else None, tally, dedupe, done)
         started = time.perf_counter()

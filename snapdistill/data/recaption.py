@@ -24,6 +24,7 @@ from snapdistill.data import captions
 from snapdistill.data.shards import ShardFile, check_settings
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
+from snapdistill.outdir import check_out_apart, prepare_out
 
 MODES = ("clean", "replace", "keep-better")
 STATS = "stats"
@@ -178,8 +179,7 @@ def check(config: RecaptionConfig) -> list[Path]:
     shards = sorted(Path(config.input).glob("*.tar"))
     if not shards:
         raise SnapdistillError(f"{config.input}: no .tar shards to recaption")
-    if Path(config.out).resolve() == Path(config.input).resolve():
-        raise SnapdistillError(f"{config.out}: --out must differ from the input folder")
+    check_out_apart(config.out, {"--in": config.input, "--captioner": config.captioner, "--clip": config.clip})
     if config.mode != "clean":
         if config.captioner is None:
             raise SnapdistillError(f"--mode {config.mode} needs --captioner PATH (a local BLIP or other captioner)")
@@ -232,7 +232,8 @@ def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> P
     recaptioner = recaptioner or load(config, device)
     out = Path(config.out)
     if state.is_main_process:
-        (out / STATS).mkdir(parents=True, exist_ok=True)
+        prepare_out(out)
+        (out / STATS).mkdir(exist_ok=True)
         check_settings(out, RUN_CONFIG, _settings(config))
         (out / MANIFEST).unlink(missing_ok=True)
     state.wait_for_everyone()

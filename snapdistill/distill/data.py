@@ -64,7 +64,9 @@ class ShardPairs:
         ds = wds.WebDataset(order, shardshuffle=False, nodesplitter=wds.split_by_node,
                             workersplitter=wds.split_by_worker, empty_check=False)
         buffer: list = []
-        for sample in ds.decode("pil").to_tuple("jpg", "txt"):
+        # Decode only what is used: webdataset's default handlers unpickle `.pyd`/`.pickle` members and torch.load
+        # `.pth` ones, so a shard from elsewhere could otherwise run code.
+        for sample in ds.decode("pil", only=["jpg", "txt"]).to_tuple("jpg", "txt"):
             buffer.append(sample)
             if len(buffer) >= SHUFFLE_BUFFER:
                 yield buffer.pop(rng.randrange(len(buffer)))

@@ -4,6 +4,9 @@ Determinism: all randomness of optimisation step k comes from a generator seeded
 micro-step), and the data order is a pure function of the seed, so resuming from a checkpoint gives
 bit-for-bit the weights of a run that never stopped. EMA weights (the inference snapshot) are saved
 apart from the resume state.
+
+Checkpoints hold tensors and JSON only (safetensors, weights-only torch files, `trainer.json`), and a folder
+with any other file is refused unread: `--resume` never unpickles objects, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from snapdistill.manifest import atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+# The files of a checkpoint: tensors and JSON only. Anything else in the folder is refused, not read.
+MODEL, OPTIMIZER, EMA, SCALER, TRAINER = "model.safetensors", "optimizer.pt", "ema.pt", "scaler.pt", "trainer.json"
+CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER)
 
 
 @dataclass
@@ -43,6 +49,24 @@ class TrainConfig:
     checkpoint_every: int = 100             # steps between resume checkpoints (0: only at the end)
     validate_every: int = 0                 # steps between validation grids (0: only at the end)
     seed: int = 0
+
+    def check(self) -> None:
+        """Refuse impossible numbers with one line, before anything loads (a batch size of 0 would hang)."""
+        counts = {"--max-steps": (self.max_steps, 1), "--batch-size": (self.batch_size, 1),
+                  "--grad-accum": (self.grad_accum, 1), "--warmup-steps": (self.warmup_steps, 0),
+                  "--checkpoint-every": (self.checkpoint_every, 0), "--validate-every": (self.validate_every, 0)}
+        for flag, (value, least) in counts.items():
+            if value < least:
+                raise SnapdistillError(f"{flag} must be an integer >= {least}, got {value}")
+        # Written as `not (ok)` so that nan, which compares false to everything, is refused too.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SnapdistillError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise SnapdistillError(f"--ema-decay must be in [0, 1) (0 disables EMA), got {self.ema_decay}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise SnapdistillError(f"--max-minutes must be a finite number > 0, got {self.max_minutes}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise SnapdistillError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
 
 
 def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
@@ -67,18 +91,55 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int) -> Path:
-    """Save the resume state atomically: a temporary folder, a rename, then the `latest` pointer."""
+def check_checkpoint(path: Path) -> Path:
+    """Refuse a folder that is not a checkpoint this loop wrote (an unexpected file, or a missing one) before
+    anything in it is opened: a pickle placed there is never read."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SnapdistillError(f"{path}: checkpoint folder not found")
+    for f in sorted(path.iterdir()):
+        if f.name not in CHECKPOINT_FILES or not f.is_file():
+            raise SnapdistillError(f"{path}: not a snapdistill checkpoint (unexpected file {f.name}); refusing to load it")
+    for name in (MODEL, OPTIMIZER, TRAINER):
+        if not (path / name).is_file():
+            raise SnapdistillError(f"{path}: not a complete checkpoint (no {name})")
+    return path
+
+
+def _load_tensors(path: Path, device) -> Any:
+    """A torch file of tensors and plain containers, loaded with weights_only=True: no objects are rebuilt, so
+    no code in the file can run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # weights_only refuses any pickled object; a truncated file lands here too
+        raise SnapdistillError(f"{path.parent}: not a snapdistill checkpoint ({path.name} does not load as plain "
+                               f"tensors: {e.__class__.__name__}); refusing to load it") from e
+
+
+def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model, optimizer, ema) -> Path:
+    """Save the resume state atomically: a temporary folder, a rename, then the `latest` pointer.
+
+    Only tensors and JSON: the model as safetensors, the optimizer and EMA state with torch.save (read back with
+    weights_only=True), and `trainer.json`. The LR schedule is a function of the step and the randomness of each
+    step comes from `step_generator`, so neither needs saving. Every process holds the same state (DDP), so the
+    main process writes it.
+    """
+    from safetensors.torch import save_file
+
     root = Path(run_dir) / CHECKPOINTS
     name = f"step-{step:07d}"
-    tmp = root / f".{name}.tmp"
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        tmp = root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_text(tmp / "trainer.json", json.dumps({"step": step, "consumed": consumed}) + "\n")
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, tmp / MODEL)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        if ema is not None:
+            torch.save(ema.state_dict(), tmp / EMA)
+        if accelerator.scaler is not None:  # fp16 loss scaling
+            torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
+        atomic_write_text(tmp / TRAINER, json.dumps({"step": step, "consumed": consumed}) + "\n")
         final = root / name
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -89,8 +150,32 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int) -> Pa
     return root / name
 
 
+def _load_checkpoint(path: Path, accelerator, model, optimizer, ema) -> tuple[int, int]:
+    """Restore what `_save_checkpoint` wrote into the prepared model, optimizer and EMA; return (step, consumed)."""
+    from safetensors.torch import load_file
+
+    path = check_checkpoint(path)
+    model = accelerator.unwrap_model(model)
+    device = next(model.parameters()).device
+    try:
+        weights = load_file(path / MODEL, device=str(device))
+    except Exception as e:  # not a safetensors file
+        raise SnapdistillError(f"{path}: not a snapdistill checkpoint ({MODEL} is not a safetensors file: "
+                               f"{e.__class__.__name__}); refusing to load it") from e
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(_load_tensors(path / OPTIMIZER, device))
+    if ema is not None:
+        if not (path / EMA).is_file():
+            raise SnapdistillError(f"{path}: not a complete checkpoint (no {EMA})")
+        ema.load_state_dict(_load_tensors(path / EMA, device))
+    if accelerator.scaler is not None and (path / SCALER).is_file():
+        accelerator.scaler.load_state_dict(_load_tensors(path / SCALER, device))
+    state = json.loads((path / TRAINER).read_text())
+    return int(state["step"]), int(state["consumed"])
+
+
 def _truncate_stats(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from."""
+    """Drop log lines written after `step`: the checkpoint a run resumes from, or 0 for a fresh run."""
     if path.is_file():
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
@@ -127,28 +212,25 @@ def train(
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps))
-    # The LR schedule is stepped once per optimisation step by hand: accelerate's wrapper would step it
-    # once per process, making the schedule depend on the number of processes.
-    student, optimizer = accelerator.prepare(student, optimizer)
+    adamw = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    student, optimizer = accelerator.prepare(student, adamw)
     if on_prepared is not None:
         on_prepared(student)
-    accelerator.register_for_checkpointing(schedule)
     ema = None
     if config.ema_decay > 0:
         ema = EMAModel(accelerator.unwrap_model(student).parameters(), decay=config.ema_decay, use_ema_warmup=True)
-        accelerator.register_for_checkpointing(ema)
 
     # Resume.
     step, consumed = 0, 0
     if resume is not None:
-        accelerator.load_state(str(resume))
-        state = json.loads((resume / "trainer.json").read_text())
-        step, consumed = state["step"], state["consumed"]
-        if accelerator.is_main_process:
-            _truncate_stats(run_dir / "stats.jsonl", step)
+        step, consumed = _load_checkpoint(resume, accelerator, student, optimizer, ema)
+    if accelerator.is_main_process:  # a fresh run starts an empty log; a resumed one drops lines after its step
+        _truncate_stats(run_dir / "stats.jsonl", step)
+    # The LR schedule is a pure function of the step, so a resumed run rebuilds it there (last_epoch = step - 1).
+    # It is stepped once per optimisation step by hand: accelerate's wrapper would step it once per process,
+    # making the schedule depend on the number of processes.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        adamw, lambda s: lr_factor(s, config.warmup_steps, config.max_steps), last_epoch=step - 1)
     per_step = config.batch_size * config.grad_accum
     data = batches(consumed)
 
@@ -195,7 +277,7 @@ def train(
             # Save snapshot.
             done = step >= config.max_steps or out_of_time
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                _save_checkpoint(accelerator, run_dir, step, consumed)
+                _save_checkpoint(accelerator, run_dir, step, consumed, student, optimizer, ema)
             # Validate.
             if validate and accelerator.is_main_process and config.validate_every and step % config.validate_every == 0:
                 validate(step)

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snapdistill.distill.loop import latest_checkpoint
+from snapdistill.distill.loop import check_checkpoint, latest_checkpoint
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text
-from snapdistill.sampling.render import prepare_out, to_uint8
+from snapdistill.outdir import prepare_out
+from snapdistill.sampling.render import to_uint8
 
 CONFIG = "config.json"
 # Settings that may change on resume without changing what is trained.
@@ -37,9 +38,12 @@ def _flat(config: dict, prefix: str = "") -> dict:
 
 
 def prepare_run(out: Path, config: dict, *, resume: str | None, overwrite: bool) -> None:
-    """Check `out` against the request (finished run, unfinished run, resume settings); write config.json."""
+    """Check `out` against the request (finished run, unfinished run, resume settings); write config.json.
+
+    `out` has already been checked apart from the teacher and the shards: both stages call `load_teacher` first.
+    """
     out = Path(out)
-    if overwrite and out.exists():
+    if overwrite and out.is_dir():
         shutil.rmtree(out)
     if (out / MANIFEST).is_file():
         raise SnapdistillError(f"{out}: holds a finished run; pass --overwrite or choose another --out")
@@ -62,9 +66,7 @@ def resume_point(run_dir: Path, resume: str | None) -> Path | None:
     if not resume:
         return None
     checkpoint = latest_checkpoint(run_dir) if resume == "latest" else Path(resume)
-    if checkpoint is not None and not (checkpoint / "trainer.json").is_file():
-        raise SnapdistillError(f"{checkpoint}: not a complete checkpoint (no trainer.json)")
-    return checkpoint
+    return None if checkpoint is None else check_checkpoint(checkpoint)
 
 
 def json_ready(value: Any) -> Any:

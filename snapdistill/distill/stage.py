@@ -27,6 +27,7 @@ from snapdistill.distill.student import save_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.outdir import check_out_apart
 from snapdistill.sampling.render import generate
 
 
@@ -50,12 +51,19 @@ class CommonConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        check_arch(self.student_arch)
         if self.feat_weight is None:
             self.feat_weight = 0.0 if self.student_arch == "same" else 1.0
-        if self.feat_weight < 0 or self.out_weight < 0:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse impossible settings with one line, before the teacher loads or anything is written."""
+        check_arch(self.student_arch)
+        if not (self.feat_weight >= 0 and self.out_weight >= 0):  # also false for nan
             raise SnapdistillError(f"--feat-weight and --out-weight must be >= 0, got {self.feat_weight} "
                                    f"and {self.out_weight}")
+        if not 0 <= self.caption_dropout <= 1:
+            raise SnapdistillError(f"--caption-dropout must be in [0, 1], got {self.caption_dropout}")
+        self.train.check()
 
 
 @dataclass
@@ -66,10 +74,16 @@ class Teacher:
 
 
 def load_teacher(common: CommonConfig) -> Teacher:
-    """The teacher pipeline in fp32 on this process's device (frozen)."""
+    """The teacher pipeline in fp32 on this process's device (frozen).
+
+    Both stages call this first, so the settings and `--out` are checked here, before the teacher loads and
+    before `prepare_run` may clear `--out`: an `--out` overlapping the teacher or the shards is refused.
+    """
     from snapdistill.dist import process_state
 
+    common.check()  # the config may have changed since it was made
     model = resolve_model(common.teacher, allow_download=common.allow_download)
+    check_out_apart(common.out, {"--teacher": model.path, "--shards": common.shards})
     device = common.device or str(process_state().device)
     pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):

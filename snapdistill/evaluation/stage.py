@@ -312,6 +312,13 @@ def write_outputs(config: EvalConfig, runs: list[SampleRun], rows: list[dict], s
     )
 
 
+def inputs(config: EvalConfig) -> dict:
+    """What an eval reads, by flag: `--out` must stay apart from all of it."""
+    return {"sample-run": config.runs, "--mse-reference": config.mse_reference, "--fid-reference": config.fid_reference,
+            "--include-report": config.include_reports, "--hps-checkpoint": config.hps_checkpoint,
+            "--clip-checkpoint": config.clip_checkpoint, "--inception-weights": config.inception_weights}
+
+
 def run(config: EvalConfig, *, fid_feature=None) -> Path:
     """Evaluate `config.runs` (and their guidance sweep) into `config.out`; return the manifest path.
 
@@ -320,7 +327,7 @@ def run(config: EvalConfig, *, fid_feature=None) -> Path:
     from accelerate import PartialState
 
     from snapdistill.models.loading import default_device
-    from snapdistill.sampling.render import prepare_out
+    from snapdistill.outdir import prepare_out
 
     validate(config, fid_feature=fid_feature)
     state = PartialState()
@@ -329,8 +336,8 @@ def run(config: EvalConfig, *, fid_feature=None) -> Path:
     runs = [read_run(p, label) for p, label in zip(config.runs, labels)]
     included = included_rows(config.include_reports, config.hps_version if config.hps_checkpoint else None)
     out = Path(config.out)
+    prepare_out(out, inputs(config), create=state.is_main_process)
     if state.is_main_process:
-        prepare_out(out)
         (out / MANIFEST).unlink(missing_ok=True)  # the folder is no longer a finished eval
     state.wait_for_everyone()
     scorers = Scorers(config, device, state, fid_feature)

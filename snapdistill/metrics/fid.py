@@ -109,6 +109,11 @@ class FidScorer:
             raise SnapdistillError(
                 f"{weights}: Inception weights not found (torch-fidelity's weights-inception-2015-12-05-6726825d.pth)"
             )
+        try:  # torch-fidelity unpickles the file in full: refuse one holding more than tensors before it does
+            torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SnapdistillError(f"{weights}: does not load as plain tensors ({e.__class__.__name__}); refusing "
+                                   "to load it (use torch-fidelity's FID Inception weights)") from e
         try:
             metric = FrechetInceptionDistance(feature=2048, reset_real_features=False,
                                               feature_extractor_weights_path=str(weights))

@@ -71,17 +71,6 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     return result.images
 
 
-def prepare_out(out: Path) -> None:
-    """Create `out` and check it can be written, with a one-line error when it cannot."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise SnapdistillError(f"{out}: output folder is not writable ({e.strerror or e}); choose another --out") from e
-
-
 def resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict, object]:
     """Fill in defaults (steps, scheduler, size) from the model; return (settings, scheduler)."""
     info = read_student_info(model_path) or {}

@@ -8,6 +8,7 @@ rerun skips images already present, and `manifest.json` is written last.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -20,8 +21,9 @@ from PIL import Image
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, read_manifest, write_manifest
 from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
+from snapdistill.outdir import prepare_out
 from snapdistill.sampling.prompts import PromptItem
-from snapdistill.sampling.render import count_unet_rows, generate, prepare_out, resolve_settings, to_uint8
+from snapdistill.sampling.render import count_unet_rows, generate, resolve_settings, to_uint8
 
 GRID_IMAGES = 16
 RUN_CONFIG = "run.json"
@@ -48,6 +50,21 @@ class SampleConfig:
     device: str | None = None                    # None: cuda when available, else cpu
     allow_download: bool = False
     overwrite: bool = False                      # replace images made with other settings or another model
+
+    def check(self) -> None:
+        """Refuse impossible numbers with one line, before prompts are read or the model loads."""
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--size", self.size),
+                            ("--limit", self.source.get("limit")), ("--toy-val", self.source.get("toy_val"))):
+            if value is not None and value < 1:
+                raise SnapdistillError(f"{flag} must be a positive integer, got {value}")
+        # Any finite scale is a valid input to diffusers (s <= 1 means no guidance); nan or inf would give nan images.
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise SnapdistillError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+
+    def inputs(self, model_path: Path) -> dict:
+        """What this run reads, by flag: `--out` must stay apart from all of it."""
+        return {"--teacher": model_path, **{f"--{k.replace('_', '-')}": self.source.get(k)
+                                            for k in ("prompts", "coco", "hps_benchmark")}}
 
 
 def image_name(item: PromptItem, seed: int) -> str:
@@ -102,10 +119,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
 
     from snapdistill.dist import process_state
 
-    if config.steps is not None and config.steps <= 0:
-        raise SnapdistillError(f"--steps must be a positive integer, got {config.steps}")
-    if config.batch_size <= 0:
-        raise SnapdistillError(f"--batch-size must be positive, got {config.batch_size}")
+    config.check()
     if not items:
         raise SnapdistillError("no prompts to render")
     out = Path(config.out)
@@ -113,8 +127,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     dtype = resolve_dtype(config.dtype, device)
     model = resolve_model(config.model, allow_download=config.allow_download)
-    if state.is_main_process:
-        prepare_out(out)
+    prepare_out(out, config.inputs(model.path), create=state.is_main_process)
     pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
     settings, pipe.scheduler = resolve_settings(config, pipe, model.path)
     if state.is_main_process:

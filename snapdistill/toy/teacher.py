@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from snapdistill.errors import SnapdistillError
 from snapdistill.models.tiny import SD_SCHEDULER_CONFIG
 from snapdistill.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
@@ -170,7 +171,11 @@ def train_teacher(
     g = torch.Generator().manual_seed(recipe.seed + 7)
     step, elapsed = 0, 0.0
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:  # weights_only: the state is tensors and plain values, and no pickled object gets to run code
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SnapdistillError(f"{ckpt_path}: does not load as plain tensors ({e.__class__.__name__}); refusing "
+                                   "to load it (delete it to start over)") from e
         # Where to stop is not part of the trajectory: a run may be continued to a later stop_step.
         if _trajectory(state["recipe"]) != _trajectory(asdict(recipe)):
             raise ValueError(f"{ckpt_path} was written by another recipe; use a fresh --out")

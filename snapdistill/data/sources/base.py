@@ -75,6 +75,11 @@ class Opened:
     records: Iterator[Record]
     inputs: list[Path]
     info: dict = field(default_factory=dict)
+    apart: list[Path] | None = None      # what --out must stay out of, when not all of `inputs`
+
+    def out_apart(self) -> list[Path]:
+        """The paths an `--out` may not be, contain or lie inside."""
+        return self.inputs if self.apart is None else self.apart
 
 
 def require_path(path: Path, what: str, *, folder: bool | None = None) -> Path:

@@ -70,4 +70,8 @@ def open_source(spec) -> Opened:
     caption_col = spec.options.get("caption", "caption")
     require_columns(path, _columns(path), {"image": image_col, "caption": caption_col})
     root = require_path(Path(spec.options.get("root") or path.parent), "image root", folder=True)
-    return Opened(_records(path, root, image_col, caption_col), [path, root], {"image": image_col, "caption": caption_col})
+    # The default root, the table's own folder, is where outputs usually go too; only the listed images are read
+    # from it, so an --out there is refused only when the root was given (root=).
+    apart = [path, root] if spec.options.get("root") else [path]
+    return Opened(_records(path, root, image_col, caption_col), [path, root], {"image": image_col, "caption": caption_col},
+                  apart)
