@@ -237,3 +237,14 @@ def test_guidance_below_one_is_allowed(tmp_path, tiny_eps_dir):
     m = json.loads(stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=tmp_path / "s", steps=1, guidance=0.5),
                              _items()[:1]).read_text())
     assert m["config"]["guidance"] == 0.5 and m["metrics"]["unet_calls_per_image"] == 1
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "euler"])
+def test_no_sampler_clips_latents(name):
+    """The toy teacher's scheduler config (DPM-Solver's) has no clip_sample; DDIM's default (True) would clip x0 to
+    [-1, 1], which ruins latent-space sampling (the toy teacher at 16 DDIM steps drew exact 0.006 with it)."""
+    from snapdistill.models.toy_weights import toy_teacher_dir
+
+    config = json.loads((toy_teacher_dir() / "scheduler" / "scheduler_config.json").read_text())
+    assert "clip_sample" not in config
+    assert not make_scheduler(name, config).config.get("clip_sample", False)

@@ -24,7 +24,9 @@ def _dpmsolver_pp(config: Mapping, spacing: str):
 def _ddim(config: Mapping, spacing: str):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler.from_config(config, timestep_spacing=spacing)
+    # Latents are never clipped: a config without clip_sample (DPM-Solver's, the toy teacher's) would otherwise
+    # get DDIM's default True, which clips x0 to [-1, 1] and ruins latent-space sampling.
+    return DDIMScheduler.from_config(config, timestep_spacing=spacing, clip_sample=False)
 
 
 def _euler(config: Mapping, spacing: str):
