@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from snapdistill.diffusion import DiffusionModel, NoiseSchedule
 from snapdistill.distill import guidance_stage, steps_stage
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.distill.loop import TrainConfig
 from snapdistill.distill.losses import Batch, GuidanceLoss, StepLoss
 from snapdistill.distill.stage import CommonConfig
@@ -48,10 +48,10 @@ def test_guidance_loss_per_sample():
     with torch.no_grad():  # a student that already uses w, so the w path counts
         student_unet.time_embedding.cond_proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(3))
     loss = GuidanceLoss(teacher=Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), None),
-                        student=Guided(DiffusionModel(student_unet, SCHEDULE, "epsilon"), 32), schedule=SCHEDULE,
+                        student=StudentKind("epsilon", 32), schedule=SCHEDULE,
                         guidance_range=(2.0, 14.0), space="x0")
     with torch.no_grad():
-        values = loss(_batch(), torch.Generator().manual_seed(1))
+        values = loss(student_unet, _batch(), torch.Generator().manual_seed(1))
     torch.testing.assert_close(values, torch.tensor([1.3985708951950073, 0.0015418203547596931, 0.04603808373212814]),
                                rtol=RTOL, atol=0)
 
@@ -67,12 +67,12 @@ def test_step_loss_per_sample(gamma, expected):
         for p in student_unet.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(4)))
     loss = StepLoss(teacher=Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), None),
-                    student=Guided(DiffusionModel(student_unet, SCHEDULE, "epsilon"), None), schedule=SCHEDULE,
+                    student=StudentKind("epsilon", None), schedule=SCHEDULE,
                     grid=student_grid(SD_SCHEDULER_CONFIG, 4), substeps=2,
                     final_alpha_cumprod=final_alpha_cumprod(SD_SCHEDULER_CONFIG, SCHEDULE), cfg_prob=0.5,
                     cfg_range=(2.0, 14.0), space="x0", gamma=gamma)
     with torch.no_grad():
-        values = loss(_batch(), torch.Generator().manual_seed(2))
+        values = loss(student_unet, _batch(), torch.Generator().manual_seed(2))
     torch.testing.assert_close(values, torch.tensor(expected), rtol=RTOL, atol=0)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snapdistill.diffusion import DiffusionModel
 from snapdistill.distill.features import with_features
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.distill.losses import GuidanceLoss, check_space
 from snapdistill.distill.stage import (
     CommonConfig,
@@ -48,18 +48,14 @@ def run(config: GuidanceConfig) -> Path | None:
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
     unet = guided_student(teacher.pipe.unet, config.cond_dim, common.student_arch).to(teacher.pipe.device)
-    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), config.cond_dim)
-    loss = GuidanceLoss(teacher=Guided(teacher_model, None), student=student, schedule=teacher_model.schedule,
-                        guidance_range=config.guidance_range, space=config.loss_space)
-    loss = with_features(loss, out_weight=common.out_weight, feat_weight=common.feat_weight)
-
-    def bind(module):
-        student.model.unet = module
+    loss = GuidanceLoss(teacher=Guided(teacher_model, None), student=StudentKind(student_type, config.cond_dim),
+                        schedule=teacher_model.schedule, guidance_range=config.guidance_range, space=config.loss_space)
+    loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
     info = {"stage": "distill-guidance", "guidance_embedding": True, "prediction_type": student_type,
             "guidance_range": list(config.guidance_range), "student_arch": common.student_arch}
     result = train_and_save(
-        common=common, teacher=teacher, student_unet=unet, bind=bind, loss=loss,
+        common=common, teacher=teacher, student_unet=unet, loss=loss,
         scheduler=student_scheduler(teacher.pipe.scheduler, steps=None, prediction_type=student_type),
         info=info, stage="distill-guidance", config=resolved_config(config), resume_from=resume_from,
         teacher_steps=config.val_steps, student_steps=config.val_steps,

@@ -1,4 +1,7 @@
-"""The distillation losses: small callables that return the loss *per sample*.
+"""The distillation losses: small callables `loss(student_unet, batch, gen)` that return the loss *per sample*.
+
+As in EDM's `loss(net, images, labels)`, the network is an argument: the training loop passes the module it
+optimises (maybe DDP-wrapped) on every call, and the loss holds only how to read it (`StudentKind`).
 
 Every loss compares predictions through `Prediction` (x0 / eps / any parametrisation), so none of
 them branches on the teacher's or student's prediction type. Reduction, scaling and accumulation
@@ -11,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from snapdistill.diffusion import NoiseSchedule, Prediction, ddim_step
+from snapdistill.diffusion import NoiseSchedule, Prediction, alpha_sigma_at, ddim_step, noisy
 from snapdistill.diffusion.ddim import eps_for_landing, v_for_landing, x0_for_landing
-from snapdistill.distill.grid import alpha_sigma_at, teacher_points
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.grid import teacher_points
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.errors import SnapdistillError
 
 
@@ -67,26 +70,17 @@ def uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch
     return (lo + (hi - lo) * torch.rand(n, generator=gen)).to(device)
 
 
-def noisy(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator):
-    """(z_t, eps, α, σ) with z_t = α·x0 + σ·eps and eps ~ N(0, I) drawn from `gen`."""
-    eps = torch.randn(x0.shape, generator=gen).to(x0)
-    alpha, sigma = schedule.alpha_sigma(t)
-    alpha, sigma = alpha.to(x0.device), sigma.to(x0.device)
-    z = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
-    return z, eps, alpha, sigma
-
-
 @dataclass
 class GuidanceLoss:
     """Stage 1: the w-conditioned student at (z_t, w = s − 1) matches the teacher's CFG output at s."""
 
     teacher: Guided
-    student: Guided
+    student: StudentKind
     schedule: NoiseSchedule
     guidance_range: tuple[float, float] = (2.0, 14.0)
     space: str = "x0"
 
-    def __call__(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, student_unet: torch.nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         x0 = batch.latents
         n = x0.shape[0]
         t = torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=gen).to(x0.device)
@@ -94,7 +88,7 @@ class GuidanceLoss:
         s = uniform(gen, n, *self.guidance_range, x0.device)
         with torch.no_grad():
             target = self.teacher(z, t, batch.cond, batch.uncond, s)
-        pred = self.student(z, t, batch.cond, batch.uncond, s)
+        pred = self.student.on(student_unet, self.schedule)(z, t, batch.cond, batch.uncond, s)
         read = SPACES[self.space][0]
         return space_mse(self.space, pred, read(target), self.schedule.snr(t).to(x0.device))
 
@@ -111,7 +105,7 @@ class StepLoss:
     """
 
     teacher: Guided
-    student: Guided
+    student: StudentKind
     schedule: NoiseSchedule
     grid: list[int]                   # the student's timesteps and its final landing point
     substeps: int                     # teacher DDIM steps per student step (N / M)
@@ -137,7 +131,8 @@ class StepLoss:
             z = ddim_step(x0=pred.x0, eps=pred.eps, alpha_next=a, sigma_next=sg).to(z.dtype)
         return z
 
-    def __call__(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, student_unet: torch.nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        student = self.student.on(student_unet, self.schedule)
         x0 = batch.latents
         n, dev = x0.shape[0], x0.device
         grid = torch.tensor(self.grid, device=dev)
@@ -150,12 +145,12 @@ class StepLoss:
         target = SPACES[self.space][1](z=z.float(), z_next=z_next.float(), alpha=alpha, sigma=sigma,
                                        alpha_next=a2, sigma_next=s2)
         snr = self.schedule.snr(t).to(dev)
-        loss = space_mse(self.space, self.student(z, t, batch.cond, batch.uncond, s), target, snr)
+        loss = space_mse(self.space, student(z, t, batch.cond, batch.uncond, s), target, snr)
         if self.gamma > 0:
             ones = torch.ones(n, device=dev)
             truth = Prediction(x0=x0.float(), eps=eps.float(), output=x0, prediction_type="sample",
                                alpha=alpha, sigma=sigma)
             read = SPACES[self.space][0]
-            ori = space_mse(self.space, self.student(z, t, batch.cond, batch.uncond, ones), read(truth), snr)
+            ori = space_mse(self.space, student(z, t, batch.cond, batch.uncond, ones), read(truth), snr)
             loss = loss + self.gamma * ori * (loss.detach().mean() / ori.detach().mean().clamp(min=1e-12))
         return loss

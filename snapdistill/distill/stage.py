@@ -141,13 +141,11 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
     return validate
 
 
-def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, bind: Callable[[torch.nn.Module], None],
-                   loss: Callable, scheduler, info: dict, stage: str, config: dict, resume_from: Path | None,
-                   teacher_steps: int, student_steps: int, run_dir: Path | None = None) -> TrainResult:
-    """Train `student_unet` on `loss`, then save `student/` (EMA weights), the model card and stats.
-
-    `bind(module)` points the loss at the (possibly DDP-wrapped) module the loop optimises.
-    """
+def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss: Callable, scheduler, info: dict,
+                   stage: str, config: dict, resume_from: Path | None, teacher_steps: int, student_steps: int,
+                   run_dir: Path | None = None) -> TrainResult:
+    """Train `student_unet` on `loss(module, batch, gen)`, then save `student/` (EMA weights), the model card and
+    stats. The loop hands the loss the (possibly DDP-wrapped) module it optimises."""
     run_dir = Path(run_dir or common.out)
     common_here = copy.copy(common)
     common_here.out = run_dir
@@ -155,11 +153,11 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, bind
     validate = validator(teacher, student_unet, scheduler, common_here, teacher_steps=teacher_steps,
                          student_steps=student_steps)
 
-    def step_loss(raw, gen):
-        return loss(prepare(raw, gen), gen)
+    def step_loss(module, raw, gen):
+        return loss(module, prepare(raw, gen), gen)
 
     result = train(run_dir=run_dir, student=student_unet, loss_fn=step_loss, batches=batches, config=common.train,
-                   resume=resume_from, validate=validate, on_prepared=bind)
+                   resume=resume_from, validate=validate)
     from snapdistill.dist import process_state
 
     ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next

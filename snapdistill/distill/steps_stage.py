@@ -8,6 +8,7 @@ each round saved as a sub-run with its own manifest.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from snapdistill.diffusion import DiffusionModel
 from snapdistill.dist import process_state
 from snapdistill.distill.features import with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.distill.losses import StepLoss, check_space
 from snapdistill.distill.stage import (
     CommonConfig,
@@ -77,6 +78,17 @@ def rounds(config: StepsConfig) -> list[tuple[int, int]]:
     return out
 
 
+def round_loss(teacher: Guided, student: StudentKind, scheduler_config: Mapping, n: int, m: int,
+               **options) -> StepLoss:
+    """The `StepLoss` of a round N → M: the student's M-step grid, N/M teacher DDIM steps per student step.
+
+    `options` are StepLoss's cfg_prob, cfg_range, space and gamma (its own defaults when left out).
+    """
+    schedule = teacher.model.schedule
+    return StepLoss(teacher=teacher, student=student, schedule=schedule, grid=student_grid(scheduler_config, m),
+                    substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(scheduler_config, schedule), **options)
+
+
 def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: str) -> tuple:
     """(student UNet, its w dim): a copy of the teacher, or, with `embed_guidance` on a teacher without a w
     input, the teacher with a zero-initialised guidance input (it learns the guided landing in one pass)."""
@@ -88,27 +100,22 @@ def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: st
 def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
                  n: int, m: int, run_dir: Path, resume_from) -> tuple:
     common = config.common
-    sched_config = teacher.pipe.scheduler.config
-    grid = student_grid(sched_config, m)
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
     arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
     unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
     unet = unet.to(teacher.pipe.device)
-    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), student_w)
-    loss = StepLoss(teacher=Guided(teacher_model, w_dim), student=student, schedule=teacher_model.schedule,
-                    grid=grid, substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(sched_config, teacher_model.schedule),
-                    cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space, gamma=config.gamma)
-    loss = with_features(loss, out_weight=common.out_weight, feat_weight=common.feat_weight)
-
-    def bind(module):
-        student.model.unet = module
+    loss = round_loss(Guided(teacher_model, w_dim), StudentKind(student_type, student_w), teacher.pipe.scheduler.config,
+                      n, m, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space,
+                      gamma=config.gamma)
+    grid = loss.grid
+    loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
     info = {"stage": "distill-steps", "num_inference_steps": m, "timesteps": grid[:-1], "mode": config.mode,
             "from_steps": n, "guidance_embedding": student_w is not None, "prediction_type": student_type,
             "student_arch": common.student_arch}
     scheduler = student_scheduler(teacher.pipe.scheduler, steps=m, prediction_type=student_type)
     result = train_and_save(
-        common=common, teacher=teacher, student_unet=unet, bind=bind, loss=loss, scheduler=scheduler, info=info,
+        common=common, teacher=teacher, student_unet=unet, loss=loss, scheduler=scheduler, info=info,
         stage="distill-steps", config=resolved_config(config), resume_from=resume_from,
         teacher_steps=config.from_steps, student_steps=m, run_dir=run_dir,
     )
