@@ -10,7 +10,9 @@ stay in the training loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -30,25 +32,20 @@ class Batch:
     uncond: torch.Tensor
 
 
-# Each loss space: how to read a Prediction in it, the landing target in it, and its weight from SNR.
+class Space(NamedTuple):
+    """One loss space: how to read a Prediction in it, the landing target in it, and its weight from SNR."""
+
+    read: Callable[[Prediction], torch.Tensor]
+    target: Callable[..., torch.Tensor]               # (z, z_next, alpha, sigma, alpha_next, sigma_next) -> target
+    weight: Callable[[torch.Tensor], torch.Tensor]    # SNR [B] -> weight [B]
+
+
 # x0 uses the truncated-SNR weighting max(SNR, 1) of progressive distillation; eps and v are plain MSE
 # (for a fixed z, MSE in eps is SNR·MSE in x0 and MSE in v is (1 + SNR)·MSE in x0).
-def _read_x0(p: Prediction) -> torch.Tensor:
-    return p.x0
-
-
-def _read_eps(p: Prediction) -> torch.Tensor:
-    return p.eps
-
-
-def _read_v(p: Prediction) -> torch.Tensor:
-    return p.as_type("v_prediction")
-
-
 SPACES = {
-    "x0": (_read_x0, x0_for_landing, lambda snr: snr.clamp(min=1.0)),
-    "eps": (_read_eps, eps_for_landing, torch.ones_like),
-    "v": (_read_v, v_for_landing, torch.ones_like),
+    "x0": Space(read=lambda p: p.x0, target=x0_for_landing, weight=lambda snr: snr.clamp(min=1.0)),
+    "eps": Space(read=lambda p: p.eps, target=eps_for_landing, weight=torch.ones_like),
+    "v": Space(read=lambda p: p.as_type("v_prediction"), target=v_for_landing, weight=torch.ones_like),
 }
 
 
@@ -60,9 +57,8 @@ def check_space(space: str) -> str:
 
 def space_mse(space: str, pred: Prediction, target: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
     """weight(SNR)·mean((pred − target)²) per sample, with pred read in `space`."""
-    read, _, weight = SPACES[space]
-    err = (read(pred).float() - target.float()) ** 2
-    return err.mean(dim=tuple(range(1, err.ndim))) * weight(snr)
+    err = (SPACES[space].read(pred).float() - target.float()) ** 2
+    return err.mean(dim=tuple(range(1, err.ndim))) * SPACES[space].weight(snr)
 
 
 def uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -89,8 +85,7 @@ class GuidanceLoss:
         with torch.no_grad():
             target = self.teacher(z, t, batch.cond, batch.uncond, s)
         pred = self.student.on(student_unet, self.schedule)(z, t, batch.cond, batch.uncond, s)
-        read = SPACES[self.space][0]
-        return space_mse(self.space, pred, read(target), self.schedule.snr(t).to(x0.device))
+        return space_mse(self.space, pred, SPACES[self.space].read(target), self.schedule.snr(t).to(x0.device))
 
 
 @dataclass
@@ -142,15 +137,15 @@ class StepLoss:
         s = self._scales(n, gen, dev)
         z_next = self.teacher_landing(z, t, t_next, batch, s)
         a2, s2 = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, t_next)
-        target = SPACES[self.space][1](z=z.float(), z_next=z_next.float(), alpha=alpha, sigma=sigma,
-                                       alpha_next=a2, sigma_next=s2)
+        space = SPACES[self.space]
+        target = space.target(z=z.float(), z_next=z_next.float(), alpha=alpha, sigma=sigma, alpha_next=a2,
+                              sigma_next=s2)
         snr = self.schedule.snr(t).to(dev)
         loss = space_mse(self.space, student(z, t, batch.cond, batch.uncond, s), target, snr)
         if self.gamma > 0:
             ones = torch.ones(n, device=dev)
             truth = Prediction(x0=x0.float(), eps=eps.float(), output=x0, prediction_type="sample",
                                alpha=alpha, sigma=sigma)
-            read = SPACES[self.space][0]
-            ori = space_mse(self.space, student(z, t, batch.cond, batch.uncond, ones), read(truth), snr)
+            ori = space_mse(self.space, student(z, t, batch.cond, batch.uncond, ones), space.read(truth), snr)
             loss = loss + self.gamma * ori * (loss.detach().mean() / ori.detach().mean().clamp(min=1e-12))
         return loss
