@@ -58,7 +58,8 @@ def test_guidance_loss_per_sample():
 
 @pytest.mark.parametrize("gamma, expected", [
     (0.0, [8.584785461425781, 0.06041562929749489, 0.7614401578903198]),
-    (0.5, [12.905433654785156, 0.08241744339466095, 1.1221107244491577]),
+    # gamma's term is rescaled per sample to loss_i (was: to the batch mean), so its value is (1 + gamma)·loss_i.
+    (0.5, [12.877178192138672, 0.09062344580888748, 1.142160177230835]),
 ])
 def test_step_loss_per_sample(gamma, expected):
     unet = _teacher_unet()

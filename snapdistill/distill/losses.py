@@ -95,8 +95,12 @@ class StepLoss:
     With probability `cfg_prob` a batch is CFG-aware (SnapFusion §4.2): teacher and student are both
     guided at s ~ U(cfg_range); otherwise both run at s = 1 (the conditional model; captions dropped
     in the data train the unconditional one). A student that takes w is always distilled at a sampled
-    s, fed to both as the w embedding, so the two terms coincide for it. `gamma` > 0 adds the original
-    denoising loss on real data, rescaled each step to the size of the distillation loss.
+    s, fed to both as the w embedding, so the two terms coincide for it.
+
+    `gamma` > 0 adds the original denoising loss on real data (x0 and eps of the sample itself, at s = 1):
+    per sample i, loss_i + gamma·ori_i·(loss_i / ori_i), the ratio taken without gradient. So the term has
+    sample i's distillation loss as its size and the denoising loss's gradient as its direction, and sample i
+    depends on no other sample of the batch.
     """
 
     teacher: Guided
@@ -147,5 +151,6 @@ class StepLoss:
             truth = Prediction(x0=x0.float(), eps=eps.float(), output=x0, prediction_type="sample",
                                alpha=alpha, sigma=sigma)
             ori = space_mse(self.space, student(z, t, batch.cond, batch.uncond, ones), space.read(truth), snr)
-            loss = loss + self.gamma * ori * (loss.detach().mean() / ori.detach().mean().clamp(min=1e-12))
+            # Per sample: ori_i scaled to loss_i's size (a constant factor, so the gradient is ori's, rescaled).
+            loss = loss + self.gamma * ori * (loss.detach() / ori.detach().clamp(min=1e-12))
         return loss
