@@ -237,3 +237,40 @@ def test_guidance_below_one_is_allowed(tmp_path, tiny_eps_dir):
     m = json.loads(stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=tmp_path / "s", steps=1, guidance=0.5),
                              _items()[:1]).read_text())
     assert m["config"]["guidance"] == 0.5 and m["metrics"]["unet_calls_per_image"] == 1
+
+
+@pytest.fixture
+def eight_step_student(tmp_path, capsys):
+    """A tiny pipeline folder recorded as an 8-step student (trailing DDIM, as the stages save one)."""
+    from diffusers import DDIMScheduler
+
+    from snapdistill.models.student_record import StudentRecord
+    from snapdistill.models.tiny import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path / "student")
+    sched = DDIMScheduler.from_pretrained(folder / "scheduler")
+    DDIMScheduler.from_config(sched.config, timestep_spacing="trailing").save_pretrained(folder / "scheduler")
+    StudentRecord(stage="distill-steps", num_inference_steps=8, timesteps=[999, 874, 749, 624, 499, 374, 249, 124],
+                  mode="direct", from_steps=16).write(folder)
+    capsys.readouterr()  # diffusers' save progress bars are not the command's output
+    return folder
+
+
+@pytest.mark.parametrize("flags", [("--steps", "16"), ("--scheduler", "dpmsolver++")])
+def test_a_student_is_refused_off_its_grid(cli, tmp_path, eight_step_student, flags):
+    code, _, err = cli("sample", "--teacher", eight_step_student, "--prompt", "x", "--out", tmp_path / "o", *flags)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{' '.join(flags)} samples off the grid" in err and "8 steps" in err and "[999, 874," in err
+    assert "--allow-off-grid" in err and not (tmp_path / "o").exists()
+
+
+def test_allow_off_grid_samples_there_and_says_so(cli, tmp_path, eight_step_student):
+    code, _, err = cli("sample", "--teacher", eight_step_student, "--prompt", "x", "--out", tmp_path / "o",
+                       "--steps", "16", "--allow-off-grid")
+    assert code == 0 and "warning: --steps 16 samples off the grid" in err
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["config"]["off_grid"] is True and "8 steps" in m["config"]["warning"]
+    assert m["config"]["steps"] == 16 and m["metrics"]["unet_calls_per_image"] == 32  # CFG doubles each call
+    code, _, _ = cli("sample", "--teacher", eight_step_student, "--prompt", "x", "--out", tmp_path / "own",
+                     "--steps", "8")  # its own count, said aloud, is on the grid
+    assert code == 0 and json.loads((tmp_path / "own" / "manifest.json").read_text())["config"]["off_grid"] is False

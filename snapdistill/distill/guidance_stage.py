@@ -20,6 +20,7 @@ from snapdistill.distill.stage import (
 )
 from snapdistill.distill.student import guided_student, student_prediction_type, student_scheduler
 from snapdistill.errors import SnapdistillError
+from snapdistill.models.student_record import StudentRecord
 
 
 @dataclass
@@ -52,12 +53,12 @@ def run(config: GuidanceConfig) -> Path | None:
                         schedule=teacher_model.schedule, guidance_range=config.guidance_range, space=config.loss_space)
     loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
-    info = {"stage": "distill-guidance", "guidance_embedding": True, "prediction_type": student_type,
-            "guidance_range": list(config.guidance_range), "student_arch": common.student_arch}
+    record = StudentRecord(stage="distill-guidance", guidance_embedding=True, prediction_type=student_type,
+                           guidance_range=list(config.guidance_range), student_arch=common.student_arch)
     result = train_and_save(
         common=common, teacher=teacher, student_unet=unet, loss=loss,
         scheduler=student_scheduler(teacher.pipe.scheduler, steps=None, prediction_type=student_type),
-        info=info, stage="distill-guidance", config=resolved_config(config), resume_from=resume_from,
+        record=record, stage="distill-guidance", config=resolved_config(config), resume_from=resume_from,
         teacher_steps=config.val_steps, student_steps=config.val_steps,
     )
     return finish(stage="distill-guidance", common=common, config=resolved_config(config), teacher=teacher,

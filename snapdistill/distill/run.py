@@ -18,6 +18,7 @@ from PIL import Image
 from snapdistill.distill.loop import check_checkpoint, latest_checkpoint
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text
+from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import prepare_out
 from snapdistill.sampling.render import to_uint8
 
@@ -93,13 +94,13 @@ def save_grid_rows(rows: list[np.ndarray], path: Path) -> None:
     Image.fromarray(np.concatenate(strips, axis=0)).save(path)
 
 
-def model_card(*, stage: str, config: dict[str, Any], result: dict[str, Any], info: dict[str, Any]) -> str:
+def model_card(*, stage: str, config: dict[str, Any], result: dict[str, Any], record: StudentRecord) -> str:
     """The student's README.md: what it is, how to run it, the recipe and the figures."""
-    steps = info.get("num_inference_steps")
+    steps = record.num_inference_steps
     how = (f"{steps} steps with its own scheduler (trailing DDIM)" if steps
            else "any scheduler (DPM-Solver++ recommended)")
     guide = ("one UNet call per step: the guidance scale is an input (w = s − 1)"
-             if info.get("guidance_embedding") else "classifier-free guidance doubles each call")
+             if record.guidance_embedding else "classifier-free guidance doubles each call")
     lines = [
         f"# snapdistill student ({stage})",
         "",

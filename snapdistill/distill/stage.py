@@ -27,6 +27,7 @@ from snapdistill.distill.student import save_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import check_out_apart
 from snapdistill.sampling.render import generate
 
@@ -141,7 +142,8 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
     return validate
 
 
-def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss: Callable, scheduler, info: dict,
+def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss: Callable, scheduler,
+                   record: StudentRecord,
                    stage: str, config: dict, resume_from: Path | None, teacher_steps: int, student_steps: int,
                    run_dir: Path | None = None) -> TrainResult:
     """Train `student_unet` on `loss(module, batch, gen)`, then save `student/` (EMA weights), the model card and
@@ -163,10 +165,11 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss
     ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next
     if process_state().is_main_process:
         validate(result.steps)
-        save_student(run_dir / "student", teacher_dir=teacher.path, unet=student_unet, scheduler=scheduler, info=info)
+        save_student(run_dir / "student", teacher_dir=teacher.path, unet=student_unet, scheduler=scheduler,
+                     record=record)
         summary = {"steps": result.steps, "final_loss": result.final_loss, "stopped_by": result.stopped_by,
                    "train_seconds": round(result.seconds, 1)}
-        card = model_card(stage=stage, config=config, result=summary, info=info)
+        card = model_card(stage=stage, config=config, result=summary, record=record)
         atomic_write_text(run_dir / "student" / "README.md", card)
         atomic_write_text(run_dir / "README.md", card)
     return result

@@ -36,6 +36,7 @@ from snapdistill.distill.student import (
 )
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST
+from snapdistill.models.student_record import StudentRecord
 
 MODES = ("direct", "progressive")
 
@@ -110,12 +111,12 @@ def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: Diffusion
     grid = loss.grid
     loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
-    info = {"stage": "distill-steps", "num_inference_steps": m, "timesteps": grid[:-1], "mode": config.mode,
-            "from_steps": n, "guidance_embedding": student_w is not None, "prediction_type": student_type,
-            "student_arch": common.student_arch}
+    record = StudentRecord(stage="distill-steps", num_inference_steps=m, timesteps=grid[:-1], mode=config.mode,
+                           from_steps=n, guidance_embedding=student_w is not None, prediction_type=student_type,
+                           student_arch=common.student_arch)
     scheduler = student_scheduler(teacher.pipe.scheduler, steps=m, prediction_type=student_type)
     result = train_and_save(
-        common=common, teacher=teacher, student_unet=unet, loss=loss, scheduler=scheduler, info=info,
+        common=common, teacher=teacher, student_unet=unet, loss=loss, scheduler=scheduler, record=record,
         stage="distill-steps", config=resolved_config(config), resume_from=resume_from,
         teacher_steps=config.from_steps, student_steps=m, run_dir=run_dir,
     )
