@@ -30,6 +30,14 @@ app = typer.Typer(
 )
 
 
+def echo_config(config) -> None:
+    """`--dry-run`: print a stage's resolved config (a dataclass) as JSON; nothing is written."""
+    import dataclasses
+    import json
+
+    typer.echo(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"snapdistill {__version__}")

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app
-from snapdistill.cli.options import AllowDownload, Device, Dtype, Out, Seed, Teacher
+from snapdistill.cli import app, echo_config
+from snapdistill.cli.options import AllowDownload, Device, DryRun, Dtype, Out, Seed, Teacher
 
 
 @app.command()
@@ -34,6 +34,7 @@ def sample(
     allow_download: AllowDownload = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace images in --out made with other settings or by a model changed since.")] = False,
     allow_off_grid: Annotated[bool, typer.Option("--allow-off-grid", help="Let --steps/--scheduler sample a step-distilled student off the grid it was trained on (recorded in the manifest).")] = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Render prompts into OUT/images, with prompts.jsonl, grid.png and manifest.json.
 
@@ -59,6 +60,9 @@ def sample(
         overwrite=overwrite, allow_off_grid=allow_off_grid,
     )
     config.check()  # before the prompts are read: --limit 0 or -1 would silently change which prompts
+    if dry_run:
+        echo_config(config)
+        return
     items = collect_prompts(prompts=prompt, prompts_file=prompts, coco=coco, hps_dir=hps_benchmark,
                             toy_val=toy_val, limit=limit)
     manifest = stage.run(config, items)

@@ -8,7 +8,7 @@ from pathlib import Path
 from snapdistill.diffusion import DiffusionModel
 from snapdistill.distill.features import with_features
 from snapdistill.distill.guided import Guided, StudentKind
-from snapdistill.distill.losses import GuidanceLoss, check_space
+from snapdistill.distill.losses import GuidanceLoss, check_guidance_range, check_space
 from snapdistill.distill.stage import (
     CommonConfig,
     finish,
@@ -19,7 +19,6 @@ from snapdistill.distill.stage import (
     train_and_save,
 )
 from snapdistill.distill.student import guided_student, student_prediction_type, student_scheduler
-from snapdistill.errors import SnapdistillError
 from snapdistill.models.student_record import StudentRecord
 
 
@@ -31,17 +30,16 @@ class GuidanceConfig:
     loss_space: str = "x0"                              # x0 (max(SNR,1) weighted) | eps | v
     val_steps: int = 16                                 # DPM-Solver++ steps of the validation grids
 
-
-def check(config: GuidanceConfig) -> None:
-    lo, hi = config.guidance_range
-    if not 1.0 <= lo <= hi:
-        raise SnapdistillError(f"--guidance-range must satisfy 1 <= low <= high, got {lo}-{hi}")
-    check_space(config.loss_space)
+    def check(self) -> None:
+        """Refuse impossible settings with one line, before the teacher loads or anything is written."""
+        self.common.check()
+        check_guidance_range(self.guidance_range)
+        check_space(self.loss_space)
 
 
 def run(config: GuidanceConfig) -> Path | None:
     """Train, save `student/`, write the manifest; return its path (None on non-main processes)."""
-    check(config)
+    config.check()
     common = config.common
     teacher = load_teacher(common)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)

@@ -55,6 +55,13 @@ def check_space(space: str) -> str:
     return space
 
 
+def check_guidance_range(guidance_range: tuple[float, float], flag: str = "--guidance-range") -> None:
+    """Refuse a guidance range that is not 1 <= low <= high (nan included)."""
+    lo, hi = guidance_range
+    if not 1.0 <= lo <= hi:
+        raise SnapdistillError(f"{flag} must satisfy 1 <= low <= high, got {lo}-{hi}")
+
+
 def space_mse(space: str, pred: Prediction, target: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
     """weight(SNR)·mean((pred − target)²) per sample, with pred read in `space`."""
     err = (SPACES[space].read(pred).float() - target.float()) ** 2

@@ -4,6 +4,7 @@ shared loop, validate, and save the student with its model card and manifest."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from snapdistill.distill.run import (
     resume_point,
     save_grid_rows,
 )
-from snapdistill.distill.student import save_student
+from snapdistill.distill.student import check_prediction_choice, save_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models.loading import load_pipeline, resolve_model
@@ -59,6 +60,7 @@ class CommonConfig:
     def check(self) -> None:
         """Refuse impossible settings with one line, before the teacher loads or anything is written."""
         check_arch(self.student_arch)
+        check_prediction_choice(self.student_prediction)
         if not (self.feat_weight >= 0 and self.out_weight >= 0):  # also false for nan
             raise SnapdistillError(f"--feat-weight and --out-weight must be >= 0, got {self.feat_weight} "
                                    f"and {self.out_weight}")
@@ -90,6 +92,18 @@ def load_teacher(common: CommonConfig) -> Teacher:
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
     return Teacher(pipe, model.path, common.teacher)
+
+
+def teacher_unet_config(common: CommonConfig) -> dict:
+    """The teacher's unet/config.json: a JSON read, no weights ({} for a single-file checkpoint)."""
+    model = resolve_model(common.teacher, allow_download=common.allow_download)
+    path = model.path / "unet" / "config.json"
+    if model.single_file or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SnapdistillError(f"{path}: unreadable UNet config ({e})") from e
 
 
 def native_size(pipe) -> int:
@@ -204,4 +218,4 @@ def resolved_config(stage_config) -> dict:
 
 
 __all__ = ["CommonConfig", "Teacher", "finish", "load_teacher", "prepare_run", "resolved_config", "resume_point",
-           "train_and_save"]
+           "teacher_unet_config", "train_and_save"]

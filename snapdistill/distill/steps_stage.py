@@ -7,7 +7,9 @@ each round saved as a sub-run with its own manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from snapdistill.dist import process_state
 from snapdistill.distill.features import with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
 from snapdistill.distill.guided import Guided, StudentKind
-from snapdistill.distill.losses import StepLoss, check_space
+from snapdistill.distill.losses import StepLoss, check_guidance_range, check_space
 from snapdistill.distill.stage import (
     CommonConfig,
     Teacher,
@@ -26,6 +28,7 @@ from snapdistill.distill.stage import (
     prepare_run,
     resolved_config,
     resume_point,
+    teacher_unet_config,
     train_and_save,
 )
 from snapdistill.distill.student import (
@@ -54,18 +57,40 @@ class StepsConfig:
     embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
 
+    def check(self) -> None:
+        """Refuse impossible settings with one line, before the teacher loads or anything is written."""
+        self.common.check()
+        n, m = self.from_steps, self.to_steps
+        if m <= 0 or m >= n or n % m:
+            raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
+        if self.mode not in MODES:
+            raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        if self.mode == "progressive" and (n // m) & (n // m - 1):
+            raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, "
+                                   f"got {n // m}")
+        if not 0 <= self.cfg_prob <= 1:
+            raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
+        check_guidance_range(self.cfg_range)
+        check_space(self.target_space)
 
-def check(config: StepsConfig) -> None:
-    n, m = config.from_steps, config.to_steps
-    if m <= 0 or m >= n or n % m:
-        raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
-    if config.mode not in MODES:
-        raise SnapdistillError(f"unknown --mode '{config.mode}'; choose one of {', '.join(MODES)}")
-    if config.mode == "progressive" and (n // m) & (n // m - 1):
-        raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, got {n // m}")
-    if not 0 <= config.cfg_prob <= 1:
-        raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {config.cfg_prob}")
-    check_space(config.target_space)
+
+def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
+    """One line per flag that is set away from its default and does nothing with this teacher.
+
+    `teacher_w_dim` is the teacher's time_cond_proj_dim (None: it runs CFG), read from its unet/config.json.
+    """
+    default = {f.name: f.default for f in dataclasses.fields(StepsConfig)}
+    student_takes_w = teacher_w_dim is not None or config.embed_guidance
+    lines = []
+    if student_takes_w and config.cfg_prob != default["cfg_prob"]:
+        lines.append("--cfg-prob has no effect: the student takes w, so every batch is distilled at a guidance "
+                     "scale drawn from --guidance-range")
+    if teacher_w_dim is not None and config.embed_guidance:
+        lines.append("--embed-guidance has no effect: the teacher already takes w, and its student copies it")
+    if not (config.embed_guidance and teacher_w_dim is None) and config.cond_dim != default["cond_dim"]:
+        lines.append("--cond-dim has no effect: only --embed-guidance with a teacher that takes no w adds a "
+                     "guidance input")
+    return lines
 
 
 def rounds(config: StepsConfig) -> list[tuple[int, int]]:
@@ -133,8 +158,10 @@ def _finished_round(run_dir: Path, teacher_model: DiffusionModel, student_type: 
 
 def run(config: StepsConfig) -> Path | None:
     """Train every round, save `student/` (the last round's), write the manifest."""
-    check(config)
+    config.check()
     common = config.common
+    for line in ignored_flags(config, teacher_unet_config(common).get("time_cond_proj_dim")):
+        print(f"warning: {line}", file=sys.stderr)
     teacher = load_teacher(common)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)

@@ -43,11 +43,16 @@ def copy_student(teacher_unet, arch: str = "same"):
     return student
 
 
-def student_prediction_type(choice: str, teacher_type: str) -> str:
-    """The student's prediction type: the teacher's (`same`) or `v_prediction` (SnapFusion's switch)."""
+def check_prediction_choice(choice: str) -> str:
+    """Refuse an unknown --student-prediction (checked before the teacher loads)."""
     if choice not in PREDICTION_CHOICES:
         raise SnapdistillError(f"unknown --student-prediction '{choice}'; choose one of {', '.join(PREDICTION_CHOICES)}")
-    return teacher_type if choice == "same" else choice
+    return choice
+
+
+def student_prediction_type(choice: str, teacher_type: str) -> str:
+    """The student's prediction type: the teacher's (`same`) or `v_prediction` (SnapFusion's switch)."""
+    return teacher_type if check_prediction_choice(choice) == "same" else choice
 
 
 def save_student(folder: Path, *, teacher_dir: Path, unet, scheduler, record: StudentRecord) -> Path:
