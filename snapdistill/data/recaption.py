@@ -223,13 +223,12 @@ def _totals(out: Path, shards: list[Path]) -> tuple[dict, dict]:
 
 def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> Path:
     """Recaption every shard of `config.input` into `config.out`; return the manifest path."""
-    from accelerate import PartialState
-
+    from snapdistill.dist import process_state
     from snapdistill.models.loading import default_device
 
     config.check()
     shards = config.input_shards()
-    state = PartialState()
+    state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     recaptioner = recaptioner or load(config, device)
     out = Path(config.out)

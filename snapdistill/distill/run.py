@@ -17,7 +17,7 @@ from PIL import Image
 
 from snapdistill.distill.loop import check_checkpoint, latest_checkpoint
 from snapdistill.errors import SnapdistillError
-from snapdistill.manifest import MANIFEST, atomic_write_text
+from snapdistill.manifest import MANIFEST, atomic_write_text, refuse_other_settings, settings_diff
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import prepare_out
 from snapdistill.sampling.render import to_uint8
@@ -52,10 +52,9 @@ def prepare_run(out: Path, config: dict, *, resume: str | None, overwrite: bool)
         old_path = out / CONFIG if resume == "latest" else Path(resume).parents[1] / CONFIG
         if not old_path.is_file():
             raise SnapdistillError(f"{old_path}: no run to resume (config.json missing)")
-        old, new = _flat(json.loads(old_path.read_text())), _flat(json_ready(config))
-        diff = sorted(k for k in old | new if old.get(k) != new.get(k))
-        if diff:
-            raise SnapdistillError(f"--resume: the run in {old_path.parent} was made with other settings ({', '.join(diff)} differ)")
+        diff = settings_diff(_flat(json.loads(old_path.read_text())), _flat(json_ready(config)))
+        refuse_other_settings(f"--resume: {old_path.parent} holds a run", diff,
+                              "resume with the same settings, or start again with --overwrite")
     elif any(out.rglob("checkpoints")) if out.is_dir() else False:
         raise SnapdistillError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite")
     prepare_out(out)

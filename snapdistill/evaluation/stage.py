@@ -323,13 +323,12 @@ def run(config: EvalConfig, *, fid_feature=None) -> Path:
 
     `fid_feature` replaces the Inception network by any module mapping uint8 images to features.
     """
-    from accelerate import PartialState
-
+    from snapdistill.dist import process_state
     from snapdistill.models.loading import default_device
     from snapdistill.outdir import prepare_out
 
     config.check(fid_feature=fid_feature)
-    state = PartialState()
+    state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     labels = config.labels or [None] * len(config.runs)
     runs = [read_run(p, label) for p, label in zip(config.runs, labels)]

@@ -20,7 +20,15 @@ import numpy as np
 from PIL import Image
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, read_manifest, write_manifest
+from snapdistill.manifest import (
+    MANIFEST,
+    atomic_write_text,
+    input_entry,
+    read_manifest,
+    refuse_other_settings,
+    settings_diff,
+    write_manifest,
+)
 from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import prepare_out
@@ -105,12 +113,9 @@ def _check_rerun(out: Path, settings: dict, overwrite: bool) -> None:
     path = out / RUN_CONFIG
     if not path.is_file():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
-    diff = [k for k in _IMAGE_KEYS if old.get(k) != settings.get(k)]
-    if diff and not overwrite:
-        raise SnapdistillError(
-            f"{out}: holds images made with other settings ({', '.join(diff)} differ); use a new --out or --overwrite"
-        )
+    diff = settings_diff(json.loads(path.read_text(encoding="utf-8")), settings, _IMAGE_KEYS)
+    if not overwrite:
+        refuse_other_settings(f"{out}: holds images", diff, "use a new --out or --overwrite")
     if diff:
         shutil.rmtree(out / "images", ignore_errors=True)
         path.unlink()
