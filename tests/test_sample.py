@@ -132,16 +132,24 @@ def test_hps_style_layout(tmp_path, tiny_eps_dir):
         == ["anime/00000.jpg", "anime/00001.jpg", "photo/00000.jpg"]
 
 
-def test_student_folder_uses_its_recorded_steps_and_scheduler(tmp_path):
-    """A guidance-conditioned student: its own scheduler and step count, one UNet row per image per step."""
+def _ddim_student(folder, record, **kw):
+    """A tiny pipeline folder saved as the stages save a student: trailing DDIM, and its record."""
     from diffusers import DDIMScheduler
 
     from snapdistill.models.tiny import save_tiny_pipeline
 
-    folder = save_tiny_pipeline(tmp_path / "student", time_cond_proj_dim=32)
+    folder = save_tiny_pipeline(folder, **kw)
     sched = DDIMScheduler.from_pretrained(folder / "scheduler")
     DDIMScheduler.from_config(sched.config, timestep_spacing="trailing").save_pretrained(folder / "scheduler")
-    (folder / "snapdistill.json").write_text(json.dumps({"num_inference_steps": 3}))
+    record.write(folder)
+    return folder
+
+
+def test_student_folder_uses_its_recorded_steps_and_scheduler(tmp_path):
+    """A guidance-conditioned student: its own scheduler and step count, one UNet row per image per step."""
+    from snapdistill.models.student_record import StudentRecord
+
+    folder = _ddim_student(tmp_path / "student", StudentRecord(num_inference_steps=3), time_cond_proj_dim=32)
     m = json.loads(stage.run(stage.SampleConfig(model=str(folder), out=tmp_path / "s"), _items()[:2]).read_text())
     assert m["config"]["steps"] == 3
     assert m["config"]["scheduler"]["name"] == "own" and m["config"]["scheduler"]["class"] == "DDIMScheduler"
@@ -241,17 +249,12 @@ def test_guidance_below_one_is_allowed(tmp_path, tiny_eps_dir):
 
 @pytest.fixture
 def eight_step_student(tmp_path, capsys):
-    """A tiny pipeline folder recorded as an 8-step student (trailing DDIM, as the stages save one)."""
-    from diffusers import DDIMScheduler
-
+    """A tiny pipeline folder recorded as an 8-step student."""
     from snapdistill.models.student_record import StudentRecord
-    from snapdistill.models.tiny import save_tiny_pipeline
 
-    folder = save_tiny_pipeline(tmp_path / "student")
-    sched = DDIMScheduler.from_pretrained(folder / "scheduler")
-    DDIMScheduler.from_config(sched.config, timestep_spacing="trailing").save_pretrained(folder / "scheduler")
-    StudentRecord(stage="distill-steps", num_inference_steps=8, timesteps=[999, 874, 749, 624, 499, 374, 249, 124],
-                  mode="direct", from_steps=16).write(folder)
+    folder = _ddim_student(tmp_path / "student", StudentRecord(
+        stage="distill-steps", num_inference_steps=8, timesteps=[999, 874, 749, 624, 499, 374, 249, 124],
+        mode="direct", from_steps=16))
     capsys.readouterr()  # diffusers' save progress bars are not the command's output
     return folder
 

@@ -38,6 +38,14 @@ def echo_config(config) -> None:
     typer.echo(json.dumps(dataclasses.asdict(config), indent=2, default=str))
 
 
+def checked_dry_run(config, dry_run: bool) -> bool:
+    """Check `config` before anything loads; with `--dry-run` print it. True when the command stops here."""
+    config.check()
+    if dry_run:
+        echo_config(config)
+    return dry_run
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"snapdistill {__version__}")

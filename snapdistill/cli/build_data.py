@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, echo_config
+from snapdistill.cli import app, checked_dry_run
 from snapdistill.cli.options import Device, DryRun, Out, Seed
 
 
@@ -89,9 +89,7 @@ def build_data(
         reduced_decode=reduced_decode, filters=filters, hps_threshold=hps_threshold, hps_checkpoint=hps_checkpoint,
         hps_version=hps_version, device=device, progress=progress,
     )
-    config.check()
-    if dry_run:
-        echo_config(config)
+    if checked_dry_run(config, dry_run):
         return
     manifest = stage.run(config)
     counts = json.loads(manifest.read_text(encoding="utf-8"))["counts"]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, echo_config
+from snapdistill.cli import app, checked_dry_run
 from snapdistill.cli.options import (
     AllowDownload,
     BatchSize,
@@ -54,9 +54,7 @@ def _common(args: dict):
 
 
 def _launch(config, stage_run, dry_run: bool) -> None:
-    config.check()
-    if dry_run:
-        echo_config(config)
+    if checked_dry_run(config, dry_run):
         return
     manifest = stage_run(config)
     if manifest is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, echo_config
+from snapdistill.cli import app, checked_dry_run
 from snapdistill.cli.options import Device, DryRun, Out
 from snapdistill.errors import SnapdistillError
 
@@ -68,9 +68,7 @@ def eval_command(
         mse_reference=mse_reference, guidance_sweep=parse_scales(guidance_sweep),
         sweep_runs=sweep_run or None, include_reports=include_report or [], grid_images=grid_images, batch_size=batch_size, device=device,
     )
-    config.check()
-    if dry_run:
-        echo_config(config)
+    if checked_dry_run(config, dry_run):
         return
     manifest = stage.run(config)
     typer.echo(f"wrote {out / stage.REPORT_MD} ({manifest})")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, echo_config
+from snapdistill.cli import app, checked_dry_run
 from snapdistill.cli.options import Device, DryRun, Dtype, Out
 
 
@@ -49,9 +49,7 @@ def recaption(
         input=input_dir, out=out, mode=mode, captioner=captioner, prompt=prompt, max_new_tokens=max_new_tokens,
         clip=clip, clip_arch=clip_arch, batch_size=batch_size, dtype=dtype, device=device,
     )
-    config.check()
-    if dry_run:
-        echo_config(config)
+    if checked_dry_run(config, dry_run):
         return
     manifest = stage.run(config)
     typer.echo(f"recaptioned {input_dir} into {out} ({manifest})")

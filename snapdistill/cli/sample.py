@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, echo_config
+from snapdistill.cli import app, checked_dry_run
 from snapdistill.cli.options import AllowDownload, Device, DryRun, Dtype, Out, Seed, Teacher
 
 
@@ -59,9 +59,8 @@ def sample(
         seed=seed, batch_size=batch_size, dtype=dtype, device=device, allow_download=allow_download,
         overwrite=overwrite, allow_off_grid=allow_off_grid,
     )
-    config.check()  # before the prompts are read: --limit 0 or -1 would silently change which prompts
-    if dry_run:
-        echo_config(config)
+    # Checked before the prompts are read: --limit 0 or -1 would silently change which prompts.
+    if checked_dry_run(config, dry_run):
         return
     items = collect_prompts(prompts=prompt, prompts_file=prompts, coco=coco, hps_dir=hps_benchmark,
                             toy_val=toy_val, limit=limit)
