@@ -13,7 +13,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
+    """The keys whose values differ between two flat settings dicts: `keys` in their order, else all, sorted."""
+    keys = list(keys) if keys is not None else sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def refuse_other_settings(subject: str, diff: list[str], remedy: str) -> None:
+    """A rerun must use the same settings: one message for every stage, raised when `diff` is not empty."""
+    if diff:
+        raise SnapdistillError(f"{subject} made with other settings ({', '.join(diff)} differ); {remedy}")
 
 
 def package_versions() -> dict[str, str]:

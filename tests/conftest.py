@@ -79,3 +79,27 @@ def write_test_shards(folder, n: int = 24, per_shard: int = 8, size: int = 32):
 @pytest.fixture(scope="session")
 def test_shards(tmp_path_factory):
     return write_test_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory):
+    """A factory of tiny random open_clip models: make(name, image_size=, patch_size=, seed=) registers the
+    config with open_clip under `name` and returns (config file, model, model config)."""
+    import json
+
+    import open_clip
+
+    def make(name: str, *, image_size: int = 224, patch_size: int = 32, seed: int = 0):
+        model_cfg = {
+            "embed_dim": 16,
+            "vision_cfg": {"image_size": image_size, "layers": 1, "width": 32, "head_width": 16,
+                           "patch_size": patch_size},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+        }
+        path = tmp_path_factory.mktemp("clip") / f"{name}.json"
+        path.write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(path)
+        torch.manual_seed(seed)
+        return path, open_clip.create_model(name, pretrained=None), model_cfg
+
+    return make

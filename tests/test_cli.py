@@ -1,5 +1,8 @@
+import json
 import subprocess
 import sys
+
+import pytest
 
 from snapdistill import __version__
 
@@ -23,3 +26,22 @@ def test_known_error_is_one_line_and_debug_shows_traceback(tmp_path):
 def test_usage_error_exit_code(cli):
     code, _, err = cli("sample", "--no-such-flag")
     assert code == 2 and "No such option" in err
+
+
+@pytest.mark.parametrize("args, key, value", [
+    (("build-data", "--source", "toy:16", "--resolution", "32"), "resolution", 32),
+    (("sample", "--teacher", "toy", "--prompt", "a red circle", "--steps", "4"), "steps", 4),
+    (("toy", "judge", "--steps", "3"), "steps", 3),
+])
+def test_dry_run_prints_the_resolved_config_and_writes_nothing(cli, tmp_path, args, key, value):
+    out = tmp_path / "o"
+    extra = () if args[0] == "toy" else ("--out", out)
+    code, stdout, err = cli(*args, *extra, "--dry-run")
+    assert code == 0, err
+    assert json.loads(stdout)[key] == value
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_still_refuses_bad_settings(cli, tmp_path):
+    code, _, err = cli("build-data", "--source", "toy:16", "--resolution", "0", "--out", tmp_path / "o", "--dry-run")
+    assert code == 2 and "--resolution must be a positive integer" in err and not (tmp_path / "o").exists()

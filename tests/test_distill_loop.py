@@ -23,11 +23,11 @@ RUN = textwrap.dedent("""
     if int(kill_at) > 0:
         calls = [0]
         original = losses.GuidanceLoss.__call__
-        def dying(self, batch, gen):
+        def dying(self, unet, batch, gen):
             calls[0] += 1
             if calls[0] == int(kill_at):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, batch, gen)
+            return original(self, unet, batch, gen)
         losses.GuidanceLoss.__call__ = dying
     train = TrainConfig(max_steps=12, batch_size=4, checkpoint_every=4, lr=1e-3, warmup_steps=2, ema_decay=0.9)
     common = CommonConfig(teacher=teacher, shards=Path(shards), out=Path(out), train=train, val_prompts=1,
@@ -72,8 +72,8 @@ class _Tiny(torch.nn.Module):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     model = _Tiny()
 
-    def loss_fn(batch, gen):
-        return model.w.sum() * (float("nan") if batch >= 5 else 1.0) * torch.ones(2)
+    def loss_fn(module, batch, gen):
+        return module.w.sum() * (float("nan") if batch >= 5 else 1.0) * torch.ones(2)
 
     def batches(skip):
         return iter(range(skip, 10_000))
@@ -92,8 +92,8 @@ def _tiny_train(run_dir, *, max_steps, resume=None, **kw):
     """Train `_Tiny` on a fixed loss; every step draws from its own generator, as the stages' losses do."""
     model = _Tiny()
 
-    def loss_fn(batch, gen):
-        return (model.w * torch.randn(3, generator=gen)).sum() ** 2 * torch.ones(2)
+    def loss_fn(module, batch, gen):
+        return (module.w * torch.randn(3, generator=gen)).sum() ** 2 * torch.ones(2)
 
     config = TrainConfig(max_steps=max_steps, batch_size=1, warmup_steps=1, **kw)
     Path(run_dir).mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ import torch
 
 from snapdistill.diffusion import DiffusionModel, NoiseSchedule, eps_from_v
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.distill.losses import Batch, GuidanceLoss, StepLoss, space_mse
 from snapdistill.distill.student import copy_student, guided_student
 from snapdistill.models.tiny import SD_SCHEDULER_CONFIG, tiny_components
@@ -20,7 +20,7 @@ def _batch(n=3, dim=32, seed=0):
                  uncond=torch.randn(1, 77, dim, generator=g))
 
 
-def _step_loss(teacher: Guided, student: Guided, **kw):
+def _step_loss(teacher: Guided, student: StudentKind, **kw):
     kw = {"grid": student_grid(SD_SCHEDULER_CONFIG, 4), "substeps": 2, "final_alpha_cumprod": FINAL, **kw}
     return StepLoss(teacher=teacher, student=student, schedule=SCHEDULE, **kw)
 
@@ -48,14 +48,15 @@ def test_v_teacher_targets_equal_the_epsilon_path(space):
     batch, s = _batch(), torch.tensor([1.0, 7.5, 3.0])
     t, t_next = torch.tensor([999, 749, 249]), torch.tensor([749, 499, -1])
     z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    loss_v = _step_loss(v_teacher, v_teacher, space=space)
-    loss_e = _step_loss(eps_teacher, eps_teacher, space=space)
+    loss_v = _step_loss(v_teacher, StudentKind("v_prediction", None), space=space)
+    loss_e = _step_loss(eps_teacher, StudentKind("epsilon", None), space=space)
     with torch.no_grad():
         land_v = loss_v.teacher_landing(z, t, t_next, batch, s)
         land_e = loss_e.teacher_landing(z, t, t_next, batch, s)
         assert torch.isfinite(land_v).all()
         torch.testing.assert_close(land_v, land_e, atol=1e-5, rtol=1e-5)
-        values = [fn(batch, torch.Generator().manual_seed(2)) for fn in (loss_v, loss_e)]
+        values = [fn(unet, batch, torch.Generator().manual_seed(2))
+                  for fn, unet in ((loss_v, v_unet), (loss_e, EpsFromV(v_unet)))]
     assert all(torch.isfinite(v).all() for v in values)
     torch.testing.assert_close(values[0], values[1], atol=1e-5, rtol=1e-4)
 
@@ -63,27 +64,28 @@ def test_v_teacher_targets_equal_the_epsilon_path(space):
 def test_a_student_equal_to_its_one_step_teacher_has_zero_loss():
     unet = tiny_components()["unet"]
     teacher = Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), None)
-    student = Guided(DiffusionModel(copy_student(unet), SCHEDULE, "epsilon"), None)
+    student, student_unet = StudentKind("epsilon", None), copy_student(unet)
     for cfg_prob in (0.0, 1.0):
         loss = _step_loss(teacher, student, substeps=1, cfg_prob=cfg_prob)
         with torch.no_grad():
-            assert loss(_batch(), torch.Generator().manual_seed(0)).abs().max() < 1e-6
+            assert loss(student_unet, _batch(), torch.Generator().manual_seed(0)).abs().max() < 1e-6
     # Two teacher steps are not one: the same student now has something to learn.
     with torch.no_grad():
-        assert _step_loss(teacher, student, substeps=2)(_batch(), torch.Generator().manual_seed(0)).max() > 1e-6
+        loss = _step_loss(teacher, student, substeps=2)
+        assert loss(student_unet, _batch(), torch.Generator().manual_seed(0)).max() > 1e-6
 
 
 def test_guided_student_starts_as_the_conditional_teacher():
     unet = tiny_components()["unet"]
     student_unet = guided_student(unet, cond_dim=32)
     teacher = Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), None)
-    student = Guided(DiffusionModel(student_unet, SCHEDULE, "epsilon"), 32)
-    loss = GuidanceLoss(teacher=teacher, student=student, schedule=SCHEDULE, guidance_range=(1.0, 1.0))
+    loss = GuidanceLoss(teacher=teacher, student=StudentKind("epsilon", 32), schedule=SCHEDULE,
+                        guidance_range=(1.0, 1.0))
     with torch.no_grad():
-        assert loss(_batch(), torch.Generator().manual_seed(0)).abs().max() < 1e-6
+        assert loss(student_unet, _batch(), torch.Generator().manual_seed(0)).abs().max() < 1e-6
         # At s > 1 the teacher's CFG output differs from its conditional branch: a real target.
         loss.guidance_range = (7.5, 7.5)
-        assert loss(_batch(), torch.Generator().manual_seed(0)).min() > 1e-6
+        assert loss(student_unet, _batch(), torch.Generator().manual_seed(0)).min() > 1e-6
 
 
 def test_loss_spaces_weigh_errors_by_snr():

@@ -232,6 +232,9 @@ def test_out_overlapping_a_named_teacher_is_refused(cli, tmp_path, test_shards, 
     ("--max-minutes", "0", "--max-minutes must be a finite number > 0"),
     ("--checkpoint-every", "-1", "--checkpoint-every must be an integer >= 0"),
     ("--caption-dropout", "1.5", "--caption-dropout must be in [0, 1]"),
+    ("--student-prediction", "x0", "unknown --student-prediction 'x0'"),
+    ("--guidance-range", "0.5-4", "--guidance-range must satisfy 1 <= low <= high"),
+    ("--guidance-range", "8-2", "--guidance-range must satisfy 1 <= low <= high"),
 ])
 @pytest.mark.parametrize("stage", ["distill-guidance", "distill-steps"])
 def test_numeric_settings_are_checked_before_anything_loads(cli, tmp_path, test_shards, monkeypatch, stage, flag,
@@ -245,3 +248,35 @@ def test_numeric_settings_are_checked_before_anything_loads(cli, tmp_path, test_
     code, _, err = cli(stage, "--teacher", "toy", "--shards", test_shards, "--out", tmp_path / "o", flag, value)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_cfg_range_is_an_old_name_of_guidance_range(cli, tmp_path, test_shards):
+    code, out, _ = cli("distill-steps", "--shards", test_shards, "--out", tmp_path / "o", "--cfg-range", "3-5",
+                       "--dry-run")
+    assert code == 0 and json.loads(out)["cfg_range"] == [3.0, 5.0] and not (tmp_path / "o").exists()
+    code, _, err = cli("distill-steps", "--shards", test_shards, "--out", tmp_path / "o", "--cfg-range", "0-5")
+    assert code == 2 and "--guidance-range must satisfy 1 <= low <= high" in err
+
+
+def test_a_flag_without_effect_is_named_before_the_teacher_loads(cli, capsys, tmp_path, test_shards, monkeypatch):
+    """With a teacher that takes w (a stage-1 student), --cfg-prob changes nothing: one warning line, read from the
+    teacher's unet/config.json before any weights load."""
+    from snapdistill.distill import stage as common_stage
+    from snapdistill.errors import SnapdistillError
+    from snapdistill.models.tiny import save_tiny_pipeline
+
+    teacher = save_tiny_pipeline(tmp_path / "w-teacher", time_cond_proj_dim=32)
+    capsys.readouterr()  # diffusers' save progress bars
+
+    def no_load(*a, **k):
+        raise SnapdistillError("stopped before loading")
+
+    monkeypatch.setattr(common_stage, "load_pipeline", no_load)
+    args = ("distill-steps", "--teacher", teacher, "--shards", test_shards, "--out", tmp_path / "o", "--from", 4,
+            "--to", 2)
+    code, _, err = cli(*args, "--cfg-prob", "0.3")
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 2 and lines[-1] == "error: stopped before loading", err
+    assert lines[0].startswith("warning: --cfg-prob has no effect: the student takes w")
+    code, _, err = cli(*args)  # left at its default: nothing to say
+    assert code == 2 and err.splitlines() == ["error: stopped before loading"]

@@ -11,11 +11,6 @@ from snapdistill.evaluation import stage
 from snapdistill.manifest import manifest_sha256, write_manifest
 
 PROMPTS = ["a red circle on the left", "a blue square at the top", "a green triangle"]
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 def fake_run(folder, pixels, *, prompts=PROMPTS, styles=None, steps=8, guidance=7.5, model="runs/x/student",
@@ -52,16 +47,10 @@ def _solid(value, n=3, size=32):
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip")
-    config = folder / "snapdistill-tiny-eval-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(config.stem, pretrained=None).state_dict(), folder / "clip.pt")
-    return config, folder / "clip.pt"
+def tiny_clip(tiny_open_clip):
+    config, model, _ = tiny_open_clip("snapdistill-tiny-eval-clip")
+    torch.save(model.state_dict(), config.parent / "clip.pt")
+    return config, config.parent / "clip.pt"
 
 
 def _reference(folder, n=6):
@@ -113,16 +102,12 @@ def test_report_numbers_table_plots_and_manifest(tmp_path, tiny_clip):
     assert again["fid"] == pytest.approx(fid["fid"]) and again["reference_key"] == fid["reference_key"]
 
 
-def test_hps_benchmark_run_is_scored_per_style(tmp_path, monkeypatch):
+def test_hps_benchmark_run_is_scored_per_style(tmp_path, monkeypatch, tiny_open_clip):
     import open_clip
 
     from snapdistill.metrics import hps
 
-    cfg = tmp_path / "snapdistill-tiny-eval-hps.json"
-    cfg.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(cfg)
-    torch.manual_seed(1)
-    model = open_clip.create_model(cfg.stem, pretrained=None)
+    cfg, model, _ = tiny_open_clip("snapdistill-tiny-eval-hps", seed=1)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "hps.pt")
     monkeypatch.setattr(hps, "HPS_ARCH", cfg.stem)
 

@@ -7,7 +7,7 @@ from snapdistill.diffusion import DiffusionModel, NoiseSchedule
 from snapdistill.distill.arch import ARCHS
 from snapdistill.distill.features import FeatureKD, stage_pairs, with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.distill.losses import Batch, GuidanceLoss, StepLoss
 from snapdistill.distill.student import copy_student, guided_student
 from snapdistill.models.tiny import SD_SCHEDULER_CONFIG
@@ -43,23 +43,23 @@ def _model(unet, w_dim=None):
     return Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), w_dim)
 
 
-def _step_loss(teacher_unet, student_unet, **kw):
+def _step_loss(teacher_unet, **kw):
     kw = {"grid": student_grid(SD_SCHEDULER_CONFIG, 4), "substeps": 2, "space": "eps",
           "final_alpha_cumprod": final_alpha_cumprod(SD_SCHEDULER_CONFIG, SCHEDULE), **kw}
-    return StepLoss(teacher=_model(teacher_unet), student=_model(student_unet), schedule=SCHEDULE, **kw)
+    return StepLoss(teacher=_model(teacher_unet), student=StudentKind("epsilon", None), schedule=SCHEDULE, **kw)
 
 
-def _value(loss, seed=0):
+def _value(loss, student_unet, seed=0):
     with torch.no_grad():
-        return loss(_batch(), torch.Generator().manual_seed(seed))
+        return loss(student_unet, _batch(), torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("arch", ["same", "bk-small", "bk-tiny"])
 def test_hooks_capture_matching_shapes_of_the_paired_blocks(teacher_unet, arch):
     student_unet = copy_student(teacher_unet, arch)
     assert stage_pairs(teacher_unet.config, student_unet.config) == PAIRS[arch]
-    kd = FeatureKD(_step_loss(teacher_unet, student_unet, cfg_prob=1.0))
-    _value(kd)
+    kd = FeatureKD(_step_loss(teacher_unet, cfg_prob=1.0), student_unet)
+    _value(kd, student_unet)
     channels = {"down_blocks.0": 16, "down_blocks.1": 32, "down_blocks.2": 64, "down_blocks.2.attentions.1": 64,
                 "down_blocks.3": 64, "mid_block": 64,
                 "up_blocks.0": 64, "up_blocks.1": 64, "up_blocks.2": 32, "up_blocks.3": 16}
@@ -76,24 +76,25 @@ def test_hooks_capture_matching_shapes_of_the_paired_blocks(teacher_unet, arch):
 def test_feature_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(teacher_unet, cfg_prob):
     """Two teacher substeps: the output loss is > 0 even for a copy, but its features are matched at the first
     substep, the student's own (z, t), so they agree exactly. With or without the doubled CFG batch."""
-    same = _step_loss(teacher_unet, copy_student(teacher_unet), cfg_prob=cfg_prob)
-    assert _value(same).min() > 0
-    features_only = FeatureKD(same, out_weight=0.0, feat_weight=1.0)
-    assert _value(features_only).abs().max() == 0
+    copy = copy_student(teacher_unet)
+    same = _step_loss(teacher_unet, cfg_prob=cfg_prob)
+    assert _value(same, copy).min() > 0
+    features_only = FeatureKD(same, copy, out_weight=0.0, feat_weight=1.0)
+    assert _value(features_only, copy).abs().max() == 0
     for arch in ("bk-base", "bk-tiny"):
-        kd = FeatureKD(_step_loss(teacher_unet, copy_student(teacher_unet, arch), cfg_prob=cfg_prob),
-                       out_weight=0.0, feat_weight=1.0)
-        value = _value(kd)
+        student = copy_student(teacher_unet, arch)
+        kd = FeatureKD(_step_loss(teacher_unet, cfg_prob=cfg_prob), student, out_weight=0.0, feat_weight=1.0)
+        value = _value(kd, student)
         assert value.shape == (2,) and (value > 1e-6).all()
 
 
 def test_cfg_features_are_combined_like_the_output(teacher_unet):
     """A teacher guided at s records f_u + s·(f_c − f_u) of each block: checked on the mid block."""
     student = guided_student(teacher_unet, cond_dim=16)
-    loss = GuidanceLoss(teacher=_model(teacher_unet), student=_model(student, 16), schedule=SCHEDULE,
+    loss = GuidanceLoss(teacher=_model(teacher_unet), student=StudentKind("epsilon", 16), schedule=SCHEDULE,
                         guidance_range=(3.0, 3.0))
-    kd = FeatureKD(loss)
-    _value(kd, seed=5)
+    kd = FeatureKD(loss, student)
+    _value(kd, student, seed=5)
     # Replay the draws of GuidanceLoss to get its (z, t).
     gen, batch = torch.Generator().manual_seed(5), _batch()
     t = torch.randint(0, 1000, (2,), generator=gen)
@@ -114,19 +115,21 @@ def test_cfg_features_are_combined_like_the_output(teacher_unet):
 
 def test_weights_combine_output_and_feature_losses(teacher_unet):
     student = copy_student(teacher_unet, "bk-base")
-    inner = _step_loss(teacher_unet, student, cfg_prob=0.0)
-    out = _value(inner)
-    feat = _value(FeatureKD(inner, out_weight=0.0, feat_weight=1.0))
+    inner = _step_loss(teacher_unet, cfg_prob=0.0)
+    out = _value(inner, student)
+    feat = _value(FeatureKD(inner, student, out_weight=0.0, feat_weight=1.0), student)
     assert (feat > 0).all()
-    torch.testing.assert_close(_value(FeatureKD(inner, out_weight=1.0, feat_weight=0.0)), out, rtol=0, atol=0)
-    torch.testing.assert_close(_value(FeatureKD(inner, out_weight=0.5, feat_weight=2.0)), 0.5 * out + 2.0 * feat)
-    assert with_features(inner, out_weight=1.0, feat_weight=0.0) is inner
+    torch.testing.assert_close(_value(FeatureKD(inner, student, out_weight=1.0, feat_weight=0.0), student), out,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(_value(FeatureKD(inner, student, out_weight=0.5, feat_weight=2.0), student),
+                               0.5 * out + 2.0 * feat)
+    assert with_features(inner, student, out_weight=1.0, feat_weight=0.0) is inner
 
 
 def test_feature_loss_trains_the_student_and_leaves_the_teacher(teacher_unet):
     student = copy_student(teacher_unet, "bk-small").train()
-    kd = FeatureKD(_step_loss(teacher_unet, student, cfg_prob=0.0), out_weight=0.0, feat_weight=1.0)
-    kd(_batch(), torch.Generator().manual_seed(0)).mean().backward()
+    kd = FeatureKD(_step_loss(teacher_unet, cfg_prob=0.0), student, out_weight=0.0, feat_weight=1.0)
+    kd(student, _batch(), torch.Generator().manual_seed(0)).mean().backward()
     assert student.down_blocks[0].resnets[0].conv1.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher_unet.parameters())
 

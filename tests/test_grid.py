@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from snapdistill.diffusion import NoiseSchedule
-from snapdistill.distill.grid import FINAL, alpha_sigma_at, final_alpha_cumprod, student_grid, teacher_points
+from snapdistill.diffusion import NoiseSchedule, alpha_sigma_at
+from snapdistill.distill.grid import FINAL, final_alpha_cumprod, student_grid, teacher_points
 from snapdistill.errors import SnapdistillError
 from snapdistill.models.tiny import SD_SCHEDULER_CONFIG
 

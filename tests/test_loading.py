@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.models import loading
 from snapdistill.models.loading import load_pipeline, resolve_dtype, resolve_model
+from snapdistill.models.student_record import StudentRecord
 
 
 @pytest.fixture
@@ -80,4 +80,19 @@ def test_load_pipeline_round_trip(tiny_eps_dir):
     pipe = load_pipeline(resolve_model(str(tiny_eps_dir)))
     assert pipe.safety_checker is None
     assert pipe.scheduler.config.prediction_type == "epsilon"
-    assert loading.read_student_info(tiny_eps_dir) is None
+    assert StudentRecord.read(tiny_eps_dir) is None
+
+
+def test_student_record_round_trip_keeps_the_keys_and_ignores_unknown_ones(tmp_path):
+    import json
+
+    record = StudentRecord(stage="distill-steps", num_inference_steps=8, timesteps=[999, 874], mode="direct",
+                           from_steps=16, guidance_embedding=True, prediction_type="epsilon", student_arch="same")
+    record.write(tmp_path)
+    written = json.loads((tmp_path / "snapdistill.json").read_text())
+    assert list(written) == ["stage", "num_inference_steps", "timesteps", "mode", "from_steps", "guidance_embedding",
+                             "prediction_type", "student_arch"]
+    (tmp_path / "snapdistill.json").write_text(json.dumps({**written, "added_later": 1}))
+    assert StudentRecord.read(tmp_path) == record
+    stage1 = StudentRecord(stage="distill-guidance", guidance_embedding=True, guidance_range=[2.0, 14.0])
+    assert "num_inference_steps" not in stage1.to_json() and not stage1.step_distilled

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from snapdistill.errors import SnapdistillError
+from snapdistill.metrics import read_rows
 from snapdistill.metrics.aggregate import chunk_means, chunked_mean_std, mean_summary, style_summary
 
 
@@ -42,3 +44,9 @@ def test_style_summary_averages_style_means():
     assert s["styles"]["photo"]["mean"] == pytest.approx(3.0) and s["styles"]["photo"]["std"] == pytest.approx(1.0)
     assert s["average"] == pytest.approx(2.0) and s["n"] == 40
     assert mean_summary([1.0, 2.0, 6.0]) == {"mean": 3.0, "n": 3}
+
+
+def test_a_broken_prompts_jsonl_names_its_line(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text('{"index": 0, "prompt": "a", "seed": 0, "file": "x.png"}\nnot json\n')
+    with pytest.raises(SnapdistillError, match=r"prompts.jsonl:2: invalid JSON"):
+        read_rows(tmp_path)

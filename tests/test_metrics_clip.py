@@ -1,5 +1,4 @@
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -9,26 +8,13 @@ from PIL import Image
 from snapdistill.errors import SnapdistillError
 from snapdistill.metrics.clip_score import ClipScorer, load_clip_scorer
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_open_clip):
     """(config file, model, weights file) of a tiny random open_clip model."""
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip")
-    config = folder / "snapdistill-tiny-clip.json"
-    config.write_text(json.dumps(TINY))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model(config.stem, pretrained=None)
-    torch.save(model.state_dict(), folder / "tiny.pt")
-    return config, model, folder / "tiny.pt"
+    config, model, _ = tiny_open_clip("snapdistill-tiny-clip", image_size=64, patch_size=16)
+    torch.save(model.state_dict(), config.parent / "tiny.pt")
+    return config, model, config.parent / "tiny.pt"
 
 
 def _images(n, seed=0):

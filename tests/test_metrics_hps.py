@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -8,24 +7,14 @@ from PIL import Image
 from snapdistill.errors import SnapdistillError
 from snapdistill.metrics import hps
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
 
 @pytest.fixture(scope="module")
-def tiny_arch(tmp_path_factory):
+def tiny_arch(tiny_open_clip):
     """A tiny random open_clip config registered by name, so the ViT-H-14 code path runs on it."""
-    import open_clip
-
-    path = tmp_path_factory.mktemp("clipcfg") / "snapdistill-tiny-hps.json"
-    path.write_text(json.dumps(TINY))
-    open_clip.add_model_config(path)
-    return path.stem
+    return tiny_open_clip("snapdistill-tiny-hps")[0].stem
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ def test_txt_json_jsonl(tmp_path):
         ("bad.json", "[1, 2]", "JSON list of prompt strings"),
         ("broken.json", "[", "invalid JSON"),
         ("bad.jsonl", '{"text": "x"}\n', '"prompt" string'),
+        ("broken.jsonl", '{"prompt": "x"}\n\n{"prompt": \n', r"broken.jsonl:3: invalid JSON"),
         ("latin1.txt", b"caf\xe9", "cannot read prompt file"),
     ],
 )

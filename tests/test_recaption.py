@@ -16,11 +16,6 @@ from snapdistill.data.sources import parse_spec
 
 DIRTY = ["IMG_0001.JPG Red barn Royalty Free Stock Photo", "<b>blue</b> &amp; green sea | Art Print",
          "a a dog on the the beach", "clean already"]
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +62,12 @@ def blip(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
+def clip_dir(tiny_open_clip):
     """A tiny random open_clip model in open_clip's folder layout."""
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY_CLIP)
+    config, model, model_cfg = tiny_open_clip("snapdistill-tiny-recaption-clip", image_size=32, patch_size=8)
+    folder = config.parent
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
         "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
     return folder
 

@@ -132,16 +132,24 @@ def test_hps_style_layout(tmp_path, tiny_eps_dir):
         == ["anime/00000.jpg", "anime/00001.jpg", "photo/00000.jpg"]
 
 
-def test_student_folder_uses_its_recorded_steps_and_scheduler(tmp_path):
-    """A guidance-conditioned student: its own scheduler and step count, one UNet row per image per step."""
+def _ddim_student(folder, record, **kw):
+    """A tiny pipeline folder saved as the stages save a student: trailing DDIM, and its record."""
     from diffusers import DDIMScheduler
 
     from snapdistill.models.tiny import save_tiny_pipeline
 
-    folder = save_tiny_pipeline(tmp_path / "student", time_cond_proj_dim=32)
+    folder = save_tiny_pipeline(folder, **kw)
     sched = DDIMScheduler.from_pretrained(folder / "scheduler")
     DDIMScheduler.from_config(sched.config, timestep_spacing="trailing").save_pretrained(folder / "scheduler")
-    (folder / "snapdistill.json").write_text(json.dumps({"num_inference_steps": 3}))
+    record.write(folder)
+    return folder
+
+
+def test_student_folder_uses_its_recorded_steps_and_scheduler(tmp_path):
+    """A guidance-conditioned student: its own scheduler and step count, one UNet row per image per step."""
+    from snapdistill.models.student_record import StudentRecord
+
+    folder = _ddim_student(tmp_path / "student", StudentRecord(num_inference_steps=3), time_cond_proj_dim=32)
     m = json.loads(stage.run(stage.SampleConfig(model=str(folder), out=tmp_path / "s"), _items()[:2]).read_text())
     assert m["config"]["steps"] == 3
     assert m["config"]["scheduler"]["name"] == "own" and m["config"]["scheduler"]["class"] == "DDIMScheduler"
@@ -248,3 +256,35 @@ def test_no_sampler_clips_latents(name):
     config = json.loads((toy_teacher_dir() / "scheduler" / "scheduler_config.json").read_text())
     assert "clip_sample" not in config
     assert not make_scheduler(name, config).config.get("clip_sample", False)
+
+
+@pytest.fixture
+def eight_step_student(tmp_path, capsys):
+    """A tiny pipeline folder recorded as an 8-step student."""
+    from snapdistill.models.student_record import StudentRecord
+
+    folder = _ddim_student(tmp_path / "student", StudentRecord(
+        stage="distill-steps", num_inference_steps=8, timesteps=[999, 874, 749, 624, 499, 374, 249, 124],
+        mode="direct", from_steps=16))
+    capsys.readouterr()  # diffusers' save progress bars are not the command's output
+    return folder
+
+
+@pytest.mark.parametrize("flags", [("--steps", "16"), ("--scheduler", "dpmsolver++")])
+def test_a_student_is_refused_off_its_grid(cli, tmp_path, eight_step_student, flags):
+    code, _, err = cli("sample", "--teacher", eight_step_student, "--prompt", "x", "--out", tmp_path / "o", *flags)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{' '.join(flags)} samples off the grid" in err and "8 steps" in err and "[999, 874," in err
+    assert "--allow-off-grid" in err and not (tmp_path / "o").exists()
+
+
+def test_allow_off_grid_samples_there_and_says_so(cli, tmp_path, eight_step_student):
+    code, _, err = cli("sample", "--teacher", eight_step_student, "--prompt", "x", "--out", tmp_path / "o",
+                       "--steps", "16", "--allow-off-grid")
+    assert code == 0 and "warning: --steps 16 samples off the grid" in err
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["config"]["off_grid"] is True and "8 steps" in m["config"]["warning"]
+    assert m["config"]["steps"] == 16 and m["metrics"]["unet_calls_per_image"] == 32  # CFG doubles each call
+    code, _, _ = cli("sample", "--teacher", eight_step_student, "--prompt", "x", "--out", tmp_path / "own",
+                     "--steps", "8")  # its own count, said aloud, is on the grid
+    assert code == 0 and json.loads((tmp_path / "own" / "manifest.json").read_text())["config"]["off_grid"] is False

@@ -182,9 +182,9 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     """T: one distillation step (16->8, guided route) over its parts timed alone."""
     from snapdistill.diffusion import DiffusionModel
     from snapdistill.distill.data import TextEmbeddings
-    from snapdistill.distill.grid import final_alpha_cumprod, student_grid
-    from snapdistill.distill.guided import Guided
-    from snapdistill.distill.losses import Batch, StepLoss
+    from snapdistill.distill.guided import Guided, StudentKind
+    from snapdistill.distill.losses import Batch
+    from snapdistill.distill.steps_stage import round_loss
     from snapdistill.distill.student import copy_student
     from snapdistill.models.loading import load_pipeline, resolve_model
     from snapdistill.toy.world import toy_val_prompts
@@ -196,11 +196,10 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     teacher = DiffusionModel.from_pipeline(pipe)
     w_dim = pipe.unet.config.time_cond_proj_dim
     student_unet = copy_student(pipe.unet).train()
-    student = Guided(DiffusionModel(student_unet, teacher.schedule, teacher.prediction_type), w_dim)
+    student_kind = StudentKind(teacher.prediction_type, w_dim)
+    student = student_kind.on(student_unet, teacher.schedule)
     optimizer = torch.optim.AdamW(student_unet.parameters(), lr=1e-6)
-    cfg = pipe.scheduler.config
-    loss = StepLoss(teacher=Guided(teacher, w_dim), student=student, schedule=teacher.schedule,
-                    grid=student_grid(cfg, 8), substeps=2, final_alpha_cumprod=final_alpha_cumprod(cfg, teacher.schedule))
+    loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8)
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
     lat = 2 * torch.randn(batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     data = Batch(latents=lat, cond=text(toy_val_prompts(batch)), uncond=text([""]))
@@ -217,7 +216,7 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
         return statistics.median(values)
 
     def full_step():
-        value = loss(data, torch.Generator().manual_seed(0)).mean()
+        value = loss(student_unet, data, torch.Generator().manual_seed(0)).mean()
         value.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -30,6 +30,22 @@ app = typer.Typer(
 )
 
 
+def echo_config(config) -> None:
+    """`--dry-run`: print a stage's resolved config (a dataclass) as JSON; nothing is written."""
+    import dataclasses
+    import json
+
+    typer.echo(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+
+
+def checked_dry_run(config, dry_run: bool) -> bool:
+    """Check `config` before anything loads; with `--dry-run` print it. True when the command stops here."""
+    config.check()
+    if dry_run:
+        echo_config(config)
+    return dry_run
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"snapdistill {__version__}")

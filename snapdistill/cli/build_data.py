@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app
-from snapdistill.cli.options import Device, Out, Seed
+from snapdistill.cli import app, checked_dry_run
+from snapdistill.cli.options import Device, DryRun, Out, Seed
 
 
 @app.command("build-data")
@@ -51,6 +51,7 @@ def build_data(
     image_column: Annotated[str | None, typer.Option("--image-column", help="Default image-path column of table sources.")] = None,
     caption_column: Annotated[str | None, typer.Option("--caption-column", help="Default caption column of table/laion-art parquet sources.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    dry_run: DryRun = False,
 ) -> None:
     """Build WebDataset shards (jpg, txt, json) plus rejects.jsonl and manifest.json in OUT.
 
@@ -88,6 +89,8 @@ def build_data(
         reduced_decode=reduced_decode, filters=filters, hps_threshold=hps_threshold, hps_checkpoint=hps_checkpoint,
         hps_version=hps_version, device=device, progress=progress,
     )
+    if checked_dry_run(config, dry_run):
+        return
     manifest = stage.run(config)
     counts = json.loads(manifest.read_text(encoding="utf-8"))["counts"]
     typer.echo(f"wrote {counts['written']} samples in {counts['shards']} shards to {out} "

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app
+from snapdistill.cli import app, checked_dry_run
 from snapdistill.cli.options import (
     AllowDownload,
     BatchSize,
@@ -39,20 +39,22 @@ from snapdistill.cli.options import (
 )
 
 
-def _common(**kw):
+def _common(args: dict):
+    """The CommonConfig (and its TrainConfig) of a command: its arguments named like their fields.
+
+    Both commands pass `locals()`, so the shared options are listed once per signature and nowhere else.
+    """
     from snapdistill.distill.loop import TrainConfig
     from snapdistill.distill.stage import CommonConfig
 
-    train_keys = set(TrainConfig.__dataclass_fields__)
-    train = TrainConfig(**{k: v for k, v in kw.items() if k in train_keys})
-    return CommonConfig(train=train, **{k: v for k, v in kw.items() if k not in train_keys})
+    train_keys = {f.name for f in fields(TrainConfig)}
+    common_keys = {f.name for f in fields(CommonConfig)} - {"train"}
+    train = TrainConfig(**{k: v for k, v in args.items() if k in train_keys})
+    return CommonConfig(train=train, **{k: v for k, v in args.items() if k in common_keys})
 
 
 def _launch(config, stage_run, dry_run: bool) -> None:
-    from snapdistill.distill.stage import resolved_config
-
-    if dry_run:
-        typer.echo(json.dumps(resolved_config(config), indent=2))
+    if checked_dry_run(config, dry_run):
         return
     manifest = stage_run(config)
     if manifest is not None:
@@ -100,15 +102,9 @@ def distill_guidance(
 
       snapdistill distill-guidance --out runs/guided --resume latest
     """
+    common = _common(locals())
     from snapdistill.distill import guidance_stage as stage
 
-    common = _common(teacher=teacher, shards=shards, out=out, student_prediction=student_prediction,
-                     student_arch=student_arch, feat_weight=feat_weight, out_weight=out_weight,
-                     max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum,
-                     lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, mixed_precision=mixed_precision,
-                     gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
-                     validate_every=validate_every, caption_dropout=caption_dropout, seed=seed, device=device,
-                     allow_download=allow_download, resume=resume, overwrite=overwrite)
     config = stage.GuidanceConfig(common=common, guidance_range=parse_range(guidance_range, "--guidance-range"),
                                   cond_dim=cond_dim, loss_space=loss_space)
     _launch(config, stage.run, dry_run)
@@ -124,7 +120,8 @@ def distill_steps(
     mode: Annotated[str, typer.Option("--mode", help="direct (one stage N->M) or progressive (N->N/2->...->M).")] = "direct",
     target_space: Annotated[str, typer.Option("--target-space", help="x0, eps or v.")] = "x0",
     cfg_prob: Annotated[float, typer.Option("--cfg-prob", help="Share of CFG-aware batches.")] = 0.1,
-    cfg_range: Annotated[str, typer.Option("--cfg-range", help="s ~ U(LOW, HIGH) in CFG-aware batches.")] = "2-14",
+    cfg_range: Annotated[str, typer.Option("--guidance-range", "--cfg-range",
+                                           help="s ~ U(LOW, HIGH) in CFG-aware batches (--cfg-range: its old name).")] = "2-14",
     gamma: Annotated[float, typer.Option("--gamma", help="Weight of the original denoising loss (0: off).")] = 0.0,
     embed_guidance: Annotated[bool, typer.Option(
         "--embed-guidance/--no-embed-guidance",
@@ -166,17 +163,11 @@ def distill_steps(
 
       snapdistill distill-steps --teacher runs/guided/student --from 16 --to 8 --student-arch bk-small --out runs/small8
     """
+    common = _common(locals())
     from snapdistill.distill import steps_stage as stage
 
-    common = _common(teacher=teacher, shards=shards, out=out, student_prediction=student_prediction,
-                     student_arch=student_arch, feat_weight=feat_weight, out_weight=out_weight,
-                     max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, grad_accum=grad_accum,
-                     lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay, mixed_precision=mixed_precision,
-                     gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
-                     validate_every=validate_every, caption_dropout=caption_dropout, seed=seed, device=device,
-                     allow_download=allow_download, resume=resume, overwrite=overwrite)
     config = stage.StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                                target_space=target_space, cfg_prob=cfg_prob,
-                               cfg_range=parse_range(cfg_range, "--cfg-range"), gamma=gamma,
+                               cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
                                embed_guidance=embed_guidance, cond_dim=cond_dim)
     _launch(config, stage.run, dry_run)

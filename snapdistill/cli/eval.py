@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app
-from snapdistill.cli.options import Device, Out
+from snapdistill.cli import app, checked_dry_run
+from snapdistill.cli.options import Device, DryRun, Out
 from snapdistill.errors import SnapdistillError
 
 
@@ -43,6 +43,7 @@ def eval_command(
     grid_images: Annotated[int, typer.Option("--grid-images", help="Prompts in the model-comparison grid.")] = 6,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per metric forward pass.")] = 32,
     device: Device = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Score sample runs and write OUT/report.json, report.md, plots and manifest.json.
 
@@ -67,5 +68,7 @@ def eval_command(
         mse_reference=mse_reference, guidance_sweep=parse_scales(guidance_sweep),
         sweep_runs=sweep_run or None, include_reports=include_report or [], grid_images=grid_images, batch_size=batch_size, device=device,
     )
+    if checked_dry_run(config, dry_run):
+        return
     manifest = stage.run(config)
     typer.echo(f"wrote {out / stage.REPORT_MD} ({manifest})")

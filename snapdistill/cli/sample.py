@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app
-from snapdistill.cli.options import AllowDownload, Device, Dtype, Out, Seed, Teacher
+from snapdistill.cli import app, checked_dry_run
+from snapdistill.cli.options import AllowDownload, Device, DryRun, Dtype, Out, Seed, Teacher
 
 
 @app.command()
@@ -33,6 +33,8 @@ def sample(
     device: Device = None,
     allow_download: AllowDownload = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace images in --out made with other settings or by a model changed since.")] = False,
+    allow_off_grid: Annotated[bool, typer.Option("--allow-off-grid", help="Let --steps/--scheduler sample a step-distilled student off the grid it was trained on (recorded in the manifest).")] = False,
+    dry_run: DryRun = False,
 ) -> None:
     """Render prompts into OUT/images, with prompts.jsonl, grid.png and manifest.json.
 
@@ -55,9 +57,11 @@ def sample(
         model=teacher, out=out, source={k: v for k, v in source.items() if v is not None}, steps=steps,
         guidance=guidance, size=size, scheduler=scheduler, spacing=spacing, negative_prompt=negative_prompt,
         seed=seed, batch_size=batch_size, dtype=dtype, device=device, allow_download=allow_download,
-        overwrite=overwrite,
+        overwrite=overwrite, allow_off_grid=allow_off_grid,
     )
-    config.check()  # before the prompts are read: --limit 0 or -1 would silently change which prompts
+    # Checked before the prompts are read: --limit 0 or -1 would silently change which prompts.
+    if checked_dry_run(config, dry_run):
+        return
     items = collect_prompts(prompts=prompt, prompts_file=prompts, coco=coco, hps_dir=hps_benchmark,
                             toy_val=toy_val, limit=limit)
     manifest = stage.run(config, items)

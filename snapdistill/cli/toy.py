@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from snapdistill.cli import app
+from snapdistill.cli.options import DryRun
 from snapdistill.outdir import prepare_out
 
 toy_app = typer.Typer(
@@ -34,6 +35,11 @@ def _logger(path: Path):
     return log
 
 
+def _echo_settings(**settings) -> None:
+    """`--dry-run` of the toy commands: their settings as JSON; nothing is written."""
+    typer.echo(json.dumps(settings, indent=2, default=str))
+
+
 def _threads(n: int) -> None:
     import torch
 
@@ -46,6 +52,7 @@ def judge_cmd(
     steps: int = typer.Option(1000, help="Optimiser steps."),
     seed: int = typer.Option(0, help="Seed of data, init and augmentation."),
     threads: int = typer.Option(1, help="CPU threads for torch."),
+    dry_run: DryRun = False,
 ) -> None:
     """Train the toy judge (an attribute classifier) and measure it on real val images.
 
@@ -54,6 +61,9 @@ def judge_cmd(
     from snapdistill.toy.judge import judge_stage
     from snapdistill.toy.paths import WEIGHTS_DIR
 
+    if dry_run:
+        _echo_settings(out=out or WEIGHTS_DIR / "judge", steps=steps, seed=seed, threads=threads)
+        return
     out = prepare_out(out or WEIGHTS_DIR / "judge")
     _threads(threads)
     judge_stage(out, seed=seed, steps=steps, log=_logger(out / "train.log"))
@@ -65,6 +75,7 @@ def vae_cmd(
     steps: int = typer.Option(2000, help="Optimiser steps."),
     seed: int = typer.Option(0, help="Seed of data and init."),
     threads: int = typer.Option(1, help="CPU threads for torch."),
+    dry_run: DryRun = False,
 ) -> None:
     """Train the toy VAE alone (`toy teacher` trains it first when its work folder has none).
 
@@ -72,6 +83,9 @@ def vae_cmd(
     """
     from snapdistill.toy.vae import vae_stage
 
+    if dry_run:
+        _echo_settings(out=out, steps=steps, seed=seed, threads=threads)
+        return
     out = prepare_out(out)
     _threads(threads)
     vae_stage(out, seed=seed, steps=steps, log=_logger(out / "train.log"))
@@ -89,7 +103,7 @@ def teacher_cmd(
     seed: int = typer.Option(0, help="Seed of data, init and noise."),
     n_eval: int = typer.Option(1024, help="Val prompts sampled to measure the finished teacher."),
     threads: int = typer.Option(1, help="CPU threads for torch."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and stop."),
+    dry_run: DryRun = False,
 ) -> None:
     """Train the toy teacher (VAE, then CLIP text encoder + UNet), export it and measure it with the judge.
 

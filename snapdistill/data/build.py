@@ -43,7 +43,6 @@ from snapdistill.manifest import MANIFEST, input_entry, write_manifest
 
 CHUNK = 32  # records per unit of work, and the HPS batch: fixed, because resume replays whole chunks
 RUN_CONFIG = "run.json"
-HPS_VERSIONS = ("v2.0", "v2.1")
 
 
 @dataclass
@@ -69,34 +68,35 @@ class BuildConfig:
     device: str | None = None             # for the HPS scorer [default: cuda if available]
     progress: bool = True                 # show the rich progress bar
 
+    def check(self, *, scorer=None) -> None:
+        """Refuse impossible settings with one line, before anything is opened or written."""
+        positive = {"--resolution": self.resolution, "--shard-size": self.shard_size, "--workers": self.workers,
+                    "--num-shards": self.num_shards}
+        for flag, value in positive.items():
+            if value <= 0:
+                raise SnapdistillError(f"{flag} must be a positive integer, got {value}")
+        if self.limit is not None and self.limit <= 0:
+            raise SnapdistillError(f"--limit must be positive, got {self.limit}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise SnapdistillError(f"--shard-index must be in 0..{self.num_shards - 1}, got {self.shard_index}")
+        if not 1 <= self.quality <= 100:
+            raise SnapdistillError(f"JPEG quality must be in 1..100, got {self.quality}")
+        if not self.prefix or "/" in self.prefix:
+            raise SnapdistillError(f"--prefix must be a plain file-name prefix, got '{self.prefix}'")
+        if not self.sources:
+            raise SnapdistillError("no --source given; e.g. --source coco:annotations/captions_train2017.json")
+        f = self.filters
+        if f.min_aspect is not None and f.max_aspect is not None and f.min_aspect > f.max_aspect:
+            raise SnapdistillError(f"--min-aspect {f.min_aspect} is above --max-aspect {f.max_aspect}")
+        if self.hps_threshold is not None and scorer is None:
+            from snapdistill.metrics.hps import HPS_VERSIONS
 
-def check_config(config: BuildConfig, *, scorer=None) -> None:
-    """Refuse impossible settings with one line, before anything is opened or written."""
-    positive = {"--resolution": config.resolution, "--shard-size": config.shard_size, "--workers": config.workers,
-                "--num-shards": config.num_shards}
-    for flag, value in positive.items():
-        if value <= 0:
-            raise SnapdistillError(f"{flag} must be a positive integer, got {value}")
-    if config.limit is not None and config.limit <= 0:
-        raise SnapdistillError(f"--limit must be positive, got {config.limit}")
-    if not 0 <= config.shard_index < config.num_shards:
-        raise SnapdistillError(f"--shard-index must be in 0..{config.num_shards - 1}, got {config.shard_index}")
-    if not 1 <= config.quality <= 100:
-        raise SnapdistillError(f"JPEG quality must be in 1..100, got {config.quality}")
-    if not config.prefix or "/" in config.prefix:
-        raise SnapdistillError(f"--prefix must be a plain file-name prefix, got '{config.prefix}'")
-    if not config.sources:
-        raise SnapdistillError("no --source given; e.g. --source coco:annotations/captions_train2017.json")
-    f = config.filters
-    if f.min_aspect is not None and f.max_aspect is not None and f.min_aspect > f.max_aspect:
-        raise SnapdistillError(f"--min-aspect {f.min_aspect} is above --max-aspect {f.max_aspect}")
-    if config.hps_threshold is not None and scorer is None:
-        if config.hps_version not in HPS_VERSIONS:
-            raise SnapdistillError(f"--hps-threshold needs --hps-version v2.0 or v2.1 (their scores differ), "
-                                   f"got {config.hps_version}")
-        if config.hps_checkpoint is None or not Path(config.hps_checkpoint).is_file():
-            raise SnapdistillError(f"{config.hps_checkpoint}: HPS checkpoint not found; pass --hps-checkpoint "
-                                   "HPS_v2.1_compressed.pt (or HPS_v2_compressed.pt)")
+            if self.hps_version not in HPS_VERSIONS:
+                raise SnapdistillError(f"--hps-threshold needs --hps-version v2.0 or v2.1 (their scores differ), "
+                                       f"got {self.hps_version}")
+            if self.hps_checkpoint is None or not Path(self.hps_checkpoint).is_file():
+                raise SnapdistillError(f"{self.hps_checkpoint}: HPS checkpoint not found; pass --hps-checkpoint "
+                                       "HPS_v2.1_compressed.pt (or HPS_v2_compressed.pt)")
 
 
 class Tally:
@@ -299,7 +299,7 @@ def run(config: BuildConfig, *, scorer=None) -> Path:
     `scorer` (anything with `score(images, prompts)`) replaces the HPS scorer loaded from
     `--hps-checkpoint`; the filter itself is the same.
     """
-    check_config(config, scorer=scorer)
+    config.check(scorer=scorer)
     opened = [open_source(spec) for spec in config.sources]
     # Workers start before the scorer loads or the progress bar runs: no threads yet, so fork is safe.
     with worker_pool(config.workers) as pool:

@@ -47,6 +47,31 @@ class RecaptionConfig:
     dtype: str = "fp32"
     device: str | None = None            # None: cuda when available, else cpu
 
+    def input_shards(self) -> list[Path]:
+        """The .tar shards of `input`, in name order."""
+        return sorted(Path(self.input).glob("*.tar"))
+
+    def check(self) -> None:
+        """Refuse bad settings with one line, before anything is written or loaded."""
+        from snapdistill.data.captioners import check_captioner
+
+        if self.mode not in MODES:
+            raise SnapdistillError(f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.batch_size <= 0 or self.max_new_tokens <= 0:
+            raise SnapdistillError("--batch-size and --max-new-tokens must be positive")
+        if not Path(self.input).is_dir():
+            raise SnapdistillError(f"{self.input}: input folder not found; give a build-data output folder")
+        require_manifest(self.input)
+        if not self.input_shards():
+            raise SnapdistillError(f"{self.input}: no .tar shards to recaption")
+        check_out_apart(self.out, {"--in": self.input, "--captioner": self.captioner, "--clip": self.clip})
+        if self.mode != "clean":
+            if self.captioner is None:
+                raise SnapdistillError(f"--mode {self.mode} needs --captioner PATH (a local BLIP or other captioner)")
+            check_captioner(self.captioner)
+        if self.mode == "keep-better" and (self.clip is None or not Path(self.clip).exists()):
+            raise SnapdistillError(f"{self.clip}: --mode keep-better needs --clip PATH (an open_clip folder or checkpoint)")
+
 
 def read_samples(path: Path) -> Iterator[dict]:
     """Samples of a tar as {"__key__": key, ext: bytes}, in file order (webdataset's grouping)."""
@@ -165,30 +190,6 @@ def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: 
     return {k: v - before.get(k, 0) for k, v in recaptioner.counts.items() if v - before.get(k, 0)}
 
 
-def check(config: RecaptionConfig) -> list[Path]:
-    """Refuse bad settings with one line, before anything is written; return the input shards."""
-    from snapdistill.data.captioners import check_captioner
-
-    if config.mode not in MODES:
-        raise SnapdistillError(f"--mode must be one of {', '.join(MODES)}, got '{config.mode}'")
-    if config.batch_size <= 0 or config.max_new_tokens <= 0:
-        raise SnapdistillError("--batch-size and --max-new-tokens must be positive")
-    if not Path(config.input).is_dir():
-        raise SnapdistillError(f"{config.input}: input folder not found; give a build-data output folder")
-    require_manifest(config.input)
-    shards = sorted(Path(config.input).glob("*.tar"))
-    if not shards:
-        raise SnapdistillError(f"{config.input}: no .tar shards to recaption")
-    check_out_apart(config.out, {"--in": config.input, "--captioner": config.captioner, "--clip": config.clip})
-    if config.mode != "clean":
-        if config.captioner is None:
-            raise SnapdistillError(f"--mode {config.mode} needs --captioner PATH (a local BLIP or other captioner)")
-        check_captioner(config.captioner)
-    if config.mode == "keep-better" and (config.clip is None or not Path(config.clip).exists()):
-        raise SnapdistillError(f"{config.clip}: --mode keep-better needs --clip PATH (an open_clip folder or checkpoint)")
-    return shards
-
-
 def load(config: RecaptionConfig, device: str) -> Recaptioner:
     """The models the mode needs, on `device`."""
     from snapdistill.data.captioners import Captioner, ClipSimilarity
@@ -222,12 +223,12 @@ def _totals(out: Path, shards: list[Path]) -> tuple[dict, dict]:
 
 def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> Path:
     """Recaption every shard of `config.input` into `config.out`; return the manifest path."""
-    from accelerate import PartialState
-
+    from snapdistill.dist import process_state
     from snapdistill.models.loading import default_device
 
-    shards = check(config)
-    state = PartialState()
+    config.check()
+    shards = config.input_shards()
+    state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     recaptioner = recaptioner or load(config, device)
     out = Path(config.out)

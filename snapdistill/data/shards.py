@@ -17,7 +17,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from snapdistill.manifest import atomic_write_text
+from snapdistill.manifest import atomic_write_text, refuse_other_settings, settings_diff
 
 PROGRESS = "progress.jsonl"
 REJECTS = "rejects.jsonl"
@@ -77,15 +77,11 @@ def append_line(path: Path, entry: dict) -> None:
 
 def check_settings(out: Path, name: str, settings: dict) -> None:
     """Refuse to continue in a folder started with other settings; else record these (in `name`)."""
-    from snapdistill.errors import SnapdistillError
-
     path = Path(out) / name
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff:
-            raise SnapdistillError(f"{out}: holds shards made with other settings ({', '.join(diff)} differ); "
-                                   "use a new --out (one per --shard-index for array jobs)")
+        refuse_other_settings(f"{out}: holds shards", settings_diff(old, settings),
+                              "use a new --out (one per --shard-index for array jobs)")
     atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 
 

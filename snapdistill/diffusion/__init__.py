@@ -14,7 +14,7 @@ from snapdistill.diffusion.convert import (
 )
 from snapdistill.diffusion.ddim import ddim_step, eps_for_landing, v_for_landing, x0_for_landing
 from snapdistill.diffusion.guidance import cfg, guidance_embedding, student_w
-from snapdistill.diffusion.schedule import NoiseSchedule
+from snapdistill.diffusion.schedule import NoiseSchedule, alpha_sigma_at, noisy
 from snapdistill.diffusion.teacher import DiffusionModel, Prediction
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "DiffusionModel",
     "NoiseSchedule",
     "Prediction",
+    "alpha_sigma_at",
     "cfg",
     "check_prediction_type",
     "ddim_step",
@@ -30,6 +31,7 @@ __all__ = [
     "eps_from_x0",
     "from_x0_eps",
     "guidance_embedding",
+    "noisy",
     "per_sample",
     "student_w",
     "to_x0_eps",

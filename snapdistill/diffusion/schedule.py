@@ -73,3 +73,19 @@ class NoiseSchedule:
         """λ_t = log(α_t²/σ_t²)."""
         ac = self.alphas_cumprod_at(t)
         return (ac.log() - (1 - ac).log()).to(dtype)
+
+
+def noisy(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator):
+    """(z_t, eps, α, σ) with z_t = α·x0 + σ·eps and eps ~ N(0, I) drawn from `gen`."""
+    eps = torch.randn(x0.shape, generator=gen).to(x0)
+    alpha, sigma = schedule.alpha_sigma(t)
+    alpha, sigma = alpha.to(x0.device), sigma.to(x0.device)
+    z = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
+    return z, eps, alpha, sigma
+
+
+def alpha_sigma_at(schedule: NoiseSchedule, final_ac: float, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α, σ) per sample for timesteps t [B], where a negative t (a grid's FINAL) means ᾱ = `final_ac`."""
+    ac = schedule.alphas_cumprod.to(t.device)[t.clamp(min=0).long()]
+    ac = torch.where(t < 0, torch.full_like(ac, final_ac), ac)
+    return ac.sqrt().float(), (1 - ac).sqrt().float()

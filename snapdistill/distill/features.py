@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from snapdistill.diffusion.guidance import cfg
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.errors import SnapdistillError
 
 
@@ -55,15 +55,18 @@ def _combined(feature: torch.Tensor, n: int, s: torch.Tensor) -> torch.Tensor:
 
 
 class BlockRecorder:
-    """A `Guided` model that also records named block outputs of its first call after `arm()`."""
+    """Records named block outputs of `unet` during the first `Guided` call made through it after `arm()`.
 
-    def __init__(self, guided: Guided, names: list[str]):
-        self.guided = guided
+    The hooks sit on the modules of the unwrapped UNet: a DDP wrapper calls the same modules, so they fire
+    whichever of the two the loss is handed.
+    """
+
+    def __init__(self, unet: torch.nn.Module, names: list[str]):
         self.names = names
         self.features: dict[str, torch.Tensor] | None = None
         self._raw: dict[str, torch.Tensor] = {}
         self._listening = False
-        modules = dict(guided.model.unet.named_modules())
+        modules = dict(unet.named_modules())
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in names]
 
     def _hook(self, name: str):
@@ -71,6 +74,33 @@ class BlockRecorder:
             if self._listening:
                 self._raw[name] = output[0] if isinstance(output, tuple) else output
         return hook
+
+    def arm(self) -> None:
+        self.features = None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def call(self, guided: Guided, z, t, cond, uncond, s):
+        """`guided(z, t, cond, uncond, s)`, recording the block outputs when it is the first call since `arm()`."""
+        self._listening = self.features is None
+        try:
+            pred = guided(z, t, cond, uncond, s)
+        finally:
+            self._listening = False
+        if self.features is None:
+            self.features = {name: _combined(self._raw[name], z.shape[0], s) for name in self.names}
+            self._raw = {}
+        return pred
+
+
+class Recording:
+    """A `Guided` model whose calls go through a `BlockRecorder`."""
+
+    def __init__(self, guided: Guided, recorder: BlockRecorder):
+        self.guided = guided
+        self.recorder = recorder
 
     @property
     def takes_w(self) -> bool:
@@ -80,23 +110,23 @@ class BlockRecorder:
     def model(self):
         return self.guided.model
 
-    def arm(self) -> None:
-        self.features = None
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
     def __call__(self, z, t, cond, uncond, s):
-        self._listening = self.features is None
-        try:
-            pred = self.guided(z, t, cond, uncond, s)
-        finally:
-            self._listening = False
-        if self.features is None:
-            self.features = {name: _combined(self._raw[name], z.shape[0], s) for name in self.names}
-            self._raw = {}
-        return pred
+        return self.recorder.call(self.guided, z, t, cond, uncond, s)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingStudent:
+    """A `StudentKind` whose per-call `Guided` models go through a `BlockRecorder`."""
+
+    kind: StudentKind
+    recorder: BlockRecorder
+
+    @property
+    def takes_w(self) -> bool:
+        return self.kind.takes_w
+
+    def on(self, unet: torch.nn.Module, schedule) -> Recording:
+        return Recording(self.kind.on(unet, schedule), self.recorder)
 
 
 def feature_mse(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
@@ -114,20 +144,25 @@ def feature_mse(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tenso
 
 
 class FeatureKD:
-    """out_weight·(the wrapped loss) + feat_weight·(feature MSE), per sample; same call as the wrapped loss."""
+    """out_weight·(the wrapped loss) + feat_weight·(feature MSE), per sample; same call as the wrapped loss.
 
-    def __init__(self, loss, *, out_weight: float = 1.0, feat_weight: float = 1.0):
-        self.pairs = stage_pairs(loss.teacher.model.unet.config, loss.student.model.unet.config)
-        self.teacher = BlockRecorder(loss.teacher, [t for t, _ in self.pairs])
-        self.student = BlockRecorder(loss.student, [s for _, s in self.pairs])
-        self.loss = dataclasses.replace(loss, teacher=self.teacher, student=self.student)
+    `student_unet` is the unwrapped student the loss will be handed (maybe inside a DDP wrapper): its hooks
+    go on its modules.
+    """
+
+    def __init__(self, loss, student_unet: torch.nn.Module, *, out_weight: float = 1.0, feat_weight: float = 1.0):
+        self.pairs = stage_pairs(loss.teacher.model.unet.config, student_unet.config)
+        self.teacher = BlockRecorder(loss.teacher.model.unet, [t for t, _ in self.pairs])
+        self.student = BlockRecorder(student_unet, [s for _, s in self.pairs])
+        self.loss = dataclasses.replace(loss, teacher=Recording(loss.teacher, self.teacher),
+                                        student=RecordingStudent(loss.student, self.student))
         self.out_weight = out_weight
         self.feat_weight = feat_weight
 
-    def __call__(self, batch, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, student_unet: torch.nn.Module, batch, gen: torch.Generator) -> torch.Tensor:
         self.teacher.arm()
         self.student.arm()
-        out = self.loss(batch, gen)
+        out = self.loss(student_unet, batch, gen)
         return self.out_weight * out + self.feat_weight * feature_mse(self.teacher.features, self.student.features,
                                                                       self.pairs)
 
@@ -137,8 +172,8 @@ class FeatureKD:
         self.student.remove()
 
 
-def with_features(loss, *, out_weight: float, feat_weight: float):
-    """`loss` itself with the default weights (1, 0), else wrapped in `FeatureKD`."""
+def with_features(loss, student_unet: torch.nn.Module, *, out_weight: float, feat_weight: float):
+    """`loss` itself with the default weights (1, 0), else wrapped in `FeatureKD` (hooks on `student_unet`)."""
     if (out_weight, feat_weight) == (1.0, 0.0):
         return loss
-    return FeatureKD(loss, out_weight=out_weight, feat_weight=feat_weight)
+    return FeatureKD(loss, student_unet, out_weight=out_weight, feat_weight=feat_weight)

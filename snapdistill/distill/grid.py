@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
 from snapdistill.diffusion import NoiseSchedule
 from snapdistill.errors import SnapdistillError
 
@@ -45,9 +43,3 @@ def final_alpha_cumprod(scheduler_config: Mapping, schedule: NoiseSchedule) -> f
     """ᾱ after the last DDIM step: 1 with `set_alpha_to_one`, else ᾱ_0 (as diffusers' DDIMScheduler)."""
     return 1.0 if scheduler_config.get("set_alpha_to_one", True) else float(schedule.alphas_cumprod[0])
 
-
-def alpha_sigma_at(schedule: NoiseSchedule, final_ac: float, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(α, σ) per sample for timesteps t [B], where FINAL means the final ᾱ."""
-    ac = schedule.alphas_cumprod.to(t.device)[t.clamp(min=0).long()]
-    ac = torch.where(t < 0, torch.full_like(ac, final_ac), ac)
-    return ac.sqrt().float(), (1 - ac).sqrt().float()

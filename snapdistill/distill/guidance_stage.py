@@ -7,8 +7,8 @@ from pathlib import Path
 
 from snapdistill.diffusion import DiffusionModel
 from snapdistill.distill.features import with_features
-from snapdistill.distill.guided import Guided
-from snapdistill.distill.losses import GuidanceLoss, check_space
+from snapdistill.distill.guided import Guided, StudentKind
+from snapdistill.distill.losses import GuidanceLoss, check_guidance_range, check_space
 from snapdistill.distill.stage import (
     CommonConfig,
     finish,
@@ -19,7 +19,7 @@ from snapdistill.distill.stage import (
     train_and_save,
 )
 from snapdistill.distill.student import guided_student, student_prediction_type, student_scheduler
-from snapdistill.errors import SnapdistillError
+from snapdistill.models.student_record import StudentRecord
 
 
 @dataclass
@@ -30,17 +30,16 @@ class GuidanceConfig:
     loss_space: str = "x0"                              # x0 (max(SNR,1) weighted) | eps | v
     val_steps: int = 16                                 # DPM-Solver++ steps of the validation grids
 
-
-def check(config: GuidanceConfig) -> None:
-    lo, hi = config.guidance_range
-    if not 1.0 <= lo <= hi:
-        raise SnapdistillError(f"--guidance-range must satisfy 1 <= low <= high, got {lo}-{hi}")
-    check_space(config.loss_space)
+    def check(self) -> None:
+        """Refuse impossible settings with one line, before the teacher loads or anything is written."""
+        self.common.check()
+        check_guidance_range(self.guidance_range)
+        check_space(self.loss_space)
 
 
 def run(config: GuidanceConfig) -> Path | None:
     """Train, save `student/`, write the manifest; return its path (None on non-main processes)."""
-    check(config)
+    config.check()
     common = config.common
     teacher = load_teacher(common)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
@@ -48,20 +47,16 @@ def run(config: GuidanceConfig) -> Path | None:
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
     unet = guided_student(teacher.pipe.unet, config.cond_dim, common.student_arch).to(teacher.pipe.device)
-    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), config.cond_dim)
-    loss = GuidanceLoss(teacher=Guided(teacher_model, None), student=student, schedule=teacher_model.schedule,
-                        guidance_range=config.guidance_range, space=config.loss_space)
-    loss = with_features(loss, out_weight=common.out_weight, feat_weight=common.feat_weight)
+    loss = GuidanceLoss(teacher=Guided(teacher_model, None), student=StudentKind(student_type, config.cond_dim),
+                        schedule=teacher_model.schedule, guidance_range=config.guidance_range, space=config.loss_space)
+    loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
-    def bind(module):
-        student.model.unet = module
-
-    info = {"stage": "distill-guidance", "guidance_embedding": True, "prediction_type": student_type,
-            "guidance_range": list(config.guidance_range), "student_arch": common.student_arch}
+    record = StudentRecord(stage="distill-guidance", guidance_embedding=True, prediction_type=student_type,
+                           guidance_range=list(config.guidance_range), student_arch=common.student_arch)
     result = train_and_save(
-        common=common, teacher=teacher, student_unet=unet, bind=bind, loss=loss,
+        common=common, teacher=teacher, student_unet=unet, loss=loss,
         scheduler=student_scheduler(teacher.pipe.scheduler, steps=None, prediction_type=student_type),
-        info=info, stage="distill-guidance", config=resolved_config(config), resume_from=resume_from,
+        record=record, stage="distill-guidance", config=resolved_config(config), resume_from=resume_from,
         teacher_steps=config.val_steps, student_steps=config.val_steps,
     )
     return finish(stage="distill-guidance", common=common, config=resolved_config(config), teacher=teacher,

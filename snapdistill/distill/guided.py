@@ -7,9 +7,11 @@ UNet runs classifier-free guidance on the doubled batch [uncond; cond].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from snapdistill.diffusion import DiffusionModel, Prediction, guidance_embedding, student_w
+from snapdistill.diffusion import DiffusionModel, NoiseSchedule, Prediction, guidance_embedding, student_w
 
 
 class Guided:
@@ -32,3 +34,23 @@ class Guided:
         if bool((s == 1).all()):  # s = 1 is the conditional model alone: skip the unconditional half
             return self.model.predict(z, t, cond)
         return self.model.predict_cfg(z, t, cond, uncond, s)
+
+
+@dataclass(frozen=True)
+class StudentKind:
+    """How a loss reads the student UNet it is handed on each call: its prediction type and its w dim.
+
+    The loss gets the module the training loop optimises (maybe DDP-wrapped) as an argument, so it holds no
+    student itself; `on` wraps that module per call (two small objects, no copy).
+    """
+
+    prediction_type: str
+    w_dim: int | None    # time_cond_proj_dim, read from the unwrapped UNet; None: the student runs CFG
+
+    @property
+    def takes_w(self) -> bool:
+        return self.w_dim is not None
+
+    def on(self, unet: torch.nn.Module, schedule: NoiseSchedule) -> Guided:
+        """The student `unet` as a `Guided` model."""
+        return Guided(DiffusionModel(unet, schedule, self.prediction_type), self.w_dim)

@@ -194,14 +194,17 @@ def train(
     *,
     run_dir: Path,
     student: torch.nn.Module,
-    loss_fn: Callable[[Any, torch.Generator], torch.Tensor],   # (raw batch, generator) -> per-sample loss
+    loss_fn: Callable[[torch.nn.Module, Any, torch.Generator], torch.Tensor],  # (module, raw batch, gen) -> per-sample loss
     batches: Callable[[int], Iterator[Any]],                     # skip -> iterator of raw batches
     config: TrainConfig,
     resume: Path | None = None,
     validate: Callable[[int], None] | None = None,              # step -> None (main process)
-    on_prepared: Callable[[torch.nn.Module], None] | None = None,  # gets the (maybe DDP-wrapped) student
 ) -> TrainResult:
-    """Optimise `student` on `loss_fn` until max_steps or max_minutes; checkpoints and logs in run_dir."""
+    """Optimise `student` on `loss_fn` until max_steps or max_minutes; checkpoints and logs in run_dir.
+
+    `loss_fn` is handed the module being optimised (after `accelerator.prepare`, so maybe DDP-wrapped) on
+    every call.
+    """
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -214,8 +217,6 @@ def train(
     student.train()
     adamw = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     student, optimizer = accelerator.prepare(student, adamw)
-    if on_prepared is not None:
-        on_prepared(student)
     ema = None
     if config.ema_decay > 0:
         ema = EMAModel(accelerator.unwrap_model(student).parameters(), decay=config.ema_decay, use_ema_warmup=True)
@@ -245,7 +246,7 @@ def train(
             for micro in range(config.grad_accum):
                 with accelerator.accumulate(student):
                     gen = step_generator(config.seed, step, accelerator.process_index, micro)
-                    loss = loss_fn(next(data), gen).mean()
+                    loss = loss_fn(student, next(data), gen).mean()
                     if not torch.isfinite(loss):
                         last = latest_checkpoint(run_dir)
                         raise SnapdistillError(

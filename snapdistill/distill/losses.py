@@ -1,4 +1,7 @@
-"""The distillation losses: small callables that return the loss *per sample*.
+"""The distillation losses: small callables `loss(student_unet, batch, gen)` that return the loss *per sample*.
+
+As in EDM's `loss(net, images, labels)`, the network is an argument: the training loop passes the module it
+optimises (maybe DDP-wrapped) on every call, and the loss holds only how to read it (`StudentKind`).
 
 Every loss compares predictions through `Prediction` (x0 / eps / any parametrisation), so none of
 them branches on the teacher's or student's prediction type. Reduction, scaling and accumulation
@@ -7,14 +10,16 @@ stay in the training loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from snapdistill.diffusion import NoiseSchedule, Prediction, ddim_step
+from snapdistill.diffusion import NoiseSchedule, Prediction, alpha_sigma_at, ddim_step, noisy
 from snapdistill.diffusion.ddim import eps_for_landing, v_for_landing, x0_for_landing
-from snapdistill.distill.grid import alpha_sigma_at, teacher_points
-from snapdistill.distill.guided import Guided
+from snapdistill.distill.grid import teacher_points
+from snapdistill.distill.guided import Guided, StudentKind
 from snapdistill.errors import SnapdistillError
 
 
@@ -27,25 +32,20 @@ class Batch:
     uncond: torch.Tensor
 
 
-# Each loss space: how to read a Prediction in it, the landing target in it, and its weight from SNR.
+class Space(NamedTuple):
+    """One loss space: how to read a Prediction in it, the landing target in it, and its weight from SNR."""
+
+    read: Callable[[Prediction], torch.Tensor]
+    target: Callable[..., torch.Tensor]               # (z, z_next, alpha, sigma, alpha_next, sigma_next) -> target
+    weight: Callable[[torch.Tensor], torch.Tensor]    # SNR [B] -> weight [B]
+
+
 # x0 uses the truncated-SNR weighting max(SNR, 1) of progressive distillation; eps and v are plain MSE
 # (for a fixed z, MSE in eps is SNR·MSE in x0 and MSE in v is (1 + SNR)·MSE in x0).
-def _read_x0(p: Prediction) -> torch.Tensor:
-    return p.x0
-
-
-def _read_eps(p: Prediction) -> torch.Tensor:
-    return p.eps
-
-
-def _read_v(p: Prediction) -> torch.Tensor:
-    return p.as_type("v_prediction")
-
-
 SPACES = {
-    "x0": (_read_x0, x0_for_landing, lambda snr: snr.clamp(min=1.0)),
-    "eps": (_read_eps, eps_for_landing, torch.ones_like),
-    "v": (_read_v, v_for_landing, torch.ones_like),
+    "x0": Space(read=lambda p: p.x0, target=x0_for_landing, weight=lambda snr: snr.clamp(min=1.0)),
+    "eps": Space(read=lambda p: p.eps, target=eps_for_landing, weight=torch.ones_like),
+    "v": Space(read=lambda p: p.as_type("v_prediction"), target=v_for_landing, weight=torch.ones_like),
 }
 
 
@@ -55,11 +55,17 @@ def check_space(space: str) -> str:
     return space
 
 
+def check_guidance_range(guidance_range: tuple[float, float], flag: str = "--guidance-range") -> None:
+    """Refuse a guidance range that is not 1 <= low <= high (nan included)."""
+    lo, hi = guidance_range
+    if not 1.0 <= lo <= hi:
+        raise SnapdistillError(f"{flag} must satisfy 1 <= low <= high, got {lo}-{hi}")
+
+
 def space_mse(space: str, pred: Prediction, target: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
     """weight(SNR)·mean((pred − target)²) per sample, with pred read in `space`."""
-    read, _, weight = SPACES[space]
-    err = (read(pred).float() - target.float()) ** 2
-    return err.mean(dim=tuple(range(1, err.ndim))) * weight(snr)
+    err = (SPACES[space].read(pred).float() - target.float()) ** 2
+    return err.mean(dim=tuple(range(1, err.ndim))) * SPACES[space].weight(snr)
 
 
 def uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -67,26 +73,17 @@ def uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch
     return (lo + (hi - lo) * torch.rand(n, generator=gen)).to(device)
 
 
-def noisy(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator):
-    """(z_t, eps, α, σ) with z_t = α·x0 + σ·eps and eps ~ N(0, I) drawn from `gen`."""
-    eps = torch.randn(x0.shape, generator=gen).to(x0)
-    alpha, sigma = schedule.alpha_sigma(t)
-    alpha, sigma = alpha.to(x0.device), sigma.to(x0.device)
-    z = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
-    return z, eps, alpha, sigma
-
-
 @dataclass
 class GuidanceLoss:
     """Stage 1: the w-conditioned student at (z_t, w = s − 1) matches the teacher's CFG output at s."""
 
     teacher: Guided
-    student: Guided
+    student: StudentKind
     schedule: NoiseSchedule
     guidance_range: tuple[float, float] = (2.0, 14.0)
     space: str = "x0"
 
-    def __call__(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, student_unet: torch.nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         x0 = batch.latents
         n = x0.shape[0]
         t = torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=gen).to(x0.device)
@@ -94,9 +91,8 @@ class GuidanceLoss:
         s = uniform(gen, n, *self.guidance_range, x0.device)
         with torch.no_grad():
             target = self.teacher(z, t, batch.cond, batch.uncond, s)
-        pred = self.student(z, t, batch.cond, batch.uncond, s)
-        read = SPACES[self.space][0]
-        return space_mse(self.space, pred, read(target), self.schedule.snr(t).to(x0.device))
+        pred = self.student.on(student_unet, self.schedule)(z, t, batch.cond, batch.uncond, s)
+        return space_mse(self.space, pred, SPACES[self.space].read(target), self.schedule.snr(t).to(x0.device))
 
 
 @dataclass
@@ -106,12 +102,16 @@ class StepLoss:
     With probability `cfg_prob` a batch is CFG-aware (SnapFusion §4.2): teacher and student are both
     guided at s ~ U(cfg_range); otherwise both run at s = 1 (the conditional model; captions dropped
     in the data train the unconditional one). A student that takes w is always distilled at a sampled
-    s, fed to both as the w embedding, so the two terms coincide for it. `gamma` > 0 adds the original
-    denoising loss on real data, rescaled each step to the size of the distillation loss.
+    s, fed to both as the w embedding, so the two terms coincide for it.
+
+    `gamma` > 0 adds the original denoising loss on real data (x0 and eps of the sample itself, at s = 1):
+    per sample i, loss_i + gamma·ori_i·(loss_i / ori_i), the ratio taken without gradient. So the term has
+    sample i's distillation loss as its size and the denoising loss's gradient as its direction, and sample i
+    depends on no other sample of the batch.
     """
 
     teacher: Guided
-    student: Guided
+    student: StudentKind
     schedule: NoiseSchedule
     grid: list[int]                   # the student's timesteps and its final landing point
     substeps: int                     # teacher DDIM steps per student step (N / M)
@@ -137,7 +137,8 @@ class StepLoss:
             z = ddim_step(x0=pred.x0, eps=pred.eps, alpha_next=a, sigma_next=sg).to(z.dtype)
         return z
 
-    def __call__(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, student_unet: torch.nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        student = self.student.on(student_unet, self.schedule)
         x0 = batch.latents
         n, dev = x0.shape[0], x0.device
         grid = torch.tensor(self.grid, device=dev)
@@ -147,15 +148,16 @@ class StepLoss:
         s = self._scales(n, gen, dev)
         z_next = self.teacher_landing(z, t, t_next, batch, s)
         a2, s2 = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, t_next)
-        target = SPACES[self.space][1](z=z.float(), z_next=z_next.float(), alpha=alpha, sigma=sigma,
-                                       alpha_next=a2, sigma_next=s2)
+        space = SPACES[self.space]
+        target = space.target(z=z.float(), z_next=z_next.float(), alpha=alpha, sigma=sigma, alpha_next=a2,
+                              sigma_next=s2)
         snr = self.schedule.snr(t).to(dev)
-        loss = space_mse(self.space, self.student(z, t, batch.cond, batch.uncond, s), target, snr)
+        loss = space_mse(self.space, student(z, t, batch.cond, batch.uncond, s), target, snr)
         if self.gamma > 0:
             ones = torch.ones(n, device=dev)
             truth = Prediction(x0=x0.float(), eps=eps.float(), output=x0, prediction_type="sample",
                                alpha=alpha, sigma=sigma)
-            read = SPACES[self.space][0]
-            ori = space_mse(self.space, self.student(z, t, batch.cond, batch.uncond, ones), read(truth), snr)
-            loss = loss + self.gamma * ori * (loss.detach().mean() / ori.detach().mean().clamp(min=1e-12))
+            ori = space_mse(self.space, student(z, t, batch.cond, batch.uncond, ones), space.read(truth), snr)
+            # Per sample: ori_i scaled to loss_i's size (a constant factor, so the gradient is ori's, rescaled).
+            loss = loss + self.gamma * ori * (loss.detach() / ori.detach().clamp(min=1e-12))
         return loss

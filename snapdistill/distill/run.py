@@ -17,7 +17,8 @@ from PIL import Image
 
 from snapdistill.distill.loop import check_checkpoint, latest_checkpoint
 from snapdistill.errors import SnapdistillError
-from snapdistill.manifest import MANIFEST, atomic_write_text
+from snapdistill.manifest import MANIFEST, atomic_write_text, refuse_other_settings, settings_diff
+from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import prepare_out
 from snapdistill.sampling.render import to_uint8
 
@@ -51,10 +52,9 @@ def prepare_run(out: Path, config: dict, *, resume: str | None, overwrite: bool)
         old_path = out / CONFIG if resume == "latest" else Path(resume).parents[1] / CONFIG
         if not old_path.is_file():
             raise SnapdistillError(f"{old_path}: no run to resume (config.json missing)")
-        old, new = _flat(json.loads(old_path.read_text())), _flat(json_ready(config))
-        diff = sorted(k for k in old | new if old.get(k) != new.get(k))
-        if diff:
-            raise SnapdistillError(f"--resume: the run in {old_path.parent} was made with other settings ({', '.join(diff)} differ)")
+        diff = settings_diff(_flat(json.loads(old_path.read_text())), _flat(json_ready(config)))
+        refuse_other_settings(f"--resume: {old_path.parent} holds a run", diff,
+                              "resume with the same settings, or start again with --overwrite")
     elif any(out.rglob("checkpoints")) if out.is_dir() else False:
         raise SnapdistillError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite")
     prepare_out(out)
@@ -93,13 +93,13 @@ def save_grid_rows(rows: list[np.ndarray], path: Path) -> None:
     Image.fromarray(np.concatenate(strips, axis=0)).save(path)
 
 
-def model_card(*, stage: str, config: dict[str, Any], result: dict[str, Any], info: dict[str, Any]) -> str:
+def model_card(*, stage: str, config: dict[str, Any], result: dict[str, Any], record: StudentRecord) -> str:
     """The student's README.md: what it is, how to run it, the recipe and the figures."""
-    steps = info.get("num_inference_steps")
+    steps = record.num_inference_steps
     how = (f"{steps} steps with its own scheduler (trailing DDIM)" if steps
            else "any scheduler (DPM-Solver++ recommended)")
     guide = ("one UNet call per step: the guidance scale is an input (w = s − 1)"
-             if info.get("guidance_embedding") else "classifier-free guidance doubles each call")
+             if record.guidance_embedding else "classifier-free guidance doubles each call")
     lines = [
         f"# snapdistill student ({stage})",
         "",

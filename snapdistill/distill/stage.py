@@ -4,6 +4,7 @@ shared loop, validate, and save the student with its model card and manifest."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +24,11 @@ from snapdistill.distill.run import (
     resume_point,
     save_grid_rows,
 )
-from snapdistill.distill.student import save_student
+from snapdistill.distill.student import check_prediction_choice, save_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import check_out_apart
 from snapdistill.sampling.render import generate
 
@@ -58,6 +60,7 @@ class CommonConfig:
     def check(self) -> None:
         """Refuse impossible settings with one line, before the teacher loads or anything is written."""
         check_arch(self.student_arch)
+        check_prediction_choice(self.student_prediction)
         if not (self.feat_weight >= 0 and self.out_weight >= 0):  # also false for nan
             raise SnapdistillError(f"--feat-weight and --out-weight must be >= 0, got {self.feat_weight} "
                                    f"and {self.out_weight}")
@@ -89,6 +92,18 @@ def load_teacher(common: CommonConfig) -> Teacher:
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
     return Teacher(pipe, model.path, common.teacher)
+
+
+def teacher_unet_config(common: CommonConfig) -> dict:
+    """The teacher's unet/config.json: a JSON read, no weights ({} for a single-file checkpoint)."""
+    model = resolve_model(common.teacher, allow_download=common.allow_download)
+    path = model.path / "unet" / "config.json"
+    if model.single_file or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SnapdistillError(f"{path}: unreadable UNet config ({e})") from e
 
 
 def native_size(pipe) -> int:
@@ -141,13 +156,12 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
     return validate
 
 
-def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, bind: Callable[[torch.nn.Module], None],
-                   loss: Callable, scheduler, info: dict, stage: str, config: dict, resume_from: Path | None,
-                   teacher_steps: int, student_steps: int, run_dir: Path | None = None) -> TrainResult:
-    """Train `student_unet` on `loss`, then save `student/` (EMA weights), the model card and stats.
-
-    `bind(module)` points the loss at the (possibly DDP-wrapped) module the loop optimises.
-    """
+def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss: Callable, scheduler,
+                   record: StudentRecord,
+                   stage: str, config: dict, resume_from: Path | None, teacher_steps: int, student_steps: int,
+                   run_dir: Path | None = None) -> TrainResult:
+    """Train `student_unet` on `loss(module, batch, gen)`, then save `student/` (EMA weights), the model card and
+    stats. The loop hands the loss the (possibly DDP-wrapped) module it optimises."""
     run_dir = Path(run_dir or common.out)
     common_here = copy.copy(common)
     common_here.out = run_dir
@@ -155,20 +169,21 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, bind
     validate = validator(teacher, student_unet, scheduler, common_here, teacher_steps=teacher_steps,
                          student_steps=student_steps)
 
-    def step_loss(raw, gen):
-        return loss(prepare(raw, gen), gen)
+    def step_loss(module, raw, gen):
+        return loss(module, prepare(raw, gen), gen)
 
     result = train(run_dir=run_dir, student=student_unet, loss_fn=step_loss, batches=batches, config=common.train,
-                   resume=resume_from, validate=validate, on_prepared=bind)
+                   resume=resume_from, validate=validate)
     from snapdistill.dist import process_state
 
     ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next
     if process_state().is_main_process:
         validate(result.steps)
-        save_student(run_dir / "student", teacher_dir=teacher.path, unet=student_unet, scheduler=scheduler, info=info)
+        save_student(run_dir / "student", teacher_dir=teacher.path, unet=student_unet, scheduler=scheduler,
+                     record=record)
         summary = {"steps": result.steps, "final_loss": result.final_loss, "stopped_by": result.stopped_by,
                    "train_seconds": round(result.seconds, 1)}
-        card = model_card(stage=stage, config=config, result=summary, info=info)
+        card = model_card(stage=stage, config=config, result=summary, record=record)
         atomic_write_text(run_dir / "student" / "README.md", card)
         atomic_write_text(run_dir / "README.md", card)
     return result
@@ -203,4 +218,4 @@ def resolved_config(stage_config) -> dict:
 
 
 __all__ = ["CommonConfig", "Teacher", "finish", "load_teacher", "prepare_run", "resolved_config", "resume_point",
-           "train_and_save"]
+           "teacher_unet_config", "train_and_save"]

@@ -7,7 +7,10 @@ each round saved as a sub-run with its own manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +18,8 @@ from snapdistill.diffusion import DiffusionModel
 from snapdistill.dist import process_state
 from snapdistill.distill.features import with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
-from snapdistill.distill.guided import Guided
-from snapdistill.distill.losses import StepLoss, check_space
+from snapdistill.distill.guided import Guided, StudentKind
+from snapdistill.distill.losses import StepLoss, check_guidance_range, check_space
 from snapdistill.distill.stage import (
     CommonConfig,
     Teacher,
@@ -25,6 +28,7 @@ from snapdistill.distill.stage import (
     prepare_run,
     resolved_config,
     resume_point,
+    teacher_unet_config,
     train_and_save,
 )
 from snapdistill.distill.student import (
@@ -35,6 +39,7 @@ from snapdistill.distill.student import (
 )
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST
+from snapdistill.models.student_record import StudentRecord
 
 MODES = ("direct", "progressive")
 
@@ -52,18 +57,40 @@ class StepsConfig:
     embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
 
+    def check(self) -> None:
+        """Refuse impossible settings with one line, before the teacher loads or anything is written."""
+        self.common.check()
+        n, m = self.from_steps, self.to_steps
+        if m <= 0 or m >= n or n % m:
+            raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
+        if self.mode not in MODES:
+            raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        if self.mode == "progressive" and (n // m) & (n // m - 1):
+            raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, "
+                                   f"got {n // m}")
+        if not 0 <= self.cfg_prob <= 1:
+            raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
+        check_guidance_range(self.cfg_range)
+        check_space(self.target_space)
 
-def check(config: StepsConfig) -> None:
-    n, m = config.from_steps, config.to_steps
-    if m <= 0 or m >= n or n % m:
-        raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
-    if config.mode not in MODES:
-        raise SnapdistillError(f"unknown --mode '{config.mode}'; choose one of {', '.join(MODES)}")
-    if config.mode == "progressive" and (n // m) & (n // m - 1):
-        raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, got {n // m}")
-    if not 0 <= config.cfg_prob <= 1:
-        raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {config.cfg_prob}")
-    check_space(config.target_space)
+
+def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
+    """One line per flag that is set away from its default and does nothing with this teacher.
+
+    `teacher_w_dim` is the teacher's time_cond_proj_dim (None: it runs CFG), read from its unet/config.json.
+    """
+    default = {f.name: f.default for f in dataclasses.fields(StepsConfig)}
+    student_takes_w = teacher_w_dim is not None or config.embed_guidance
+    lines = []
+    if student_takes_w and config.cfg_prob != default["cfg_prob"]:
+        lines.append("--cfg-prob has no effect: the student takes w, so every batch is distilled at a guidance "
+                     "scale drawn from --guidance-range")
+    if teacher_w_dim is not None and config.embed_guidance:
+        lines.append("--embed-guidance has no effect: the teacher already takes w, and its student copies it")
+    if not (config.embed_guidance and teacher_w_dim is None) and config.cond_dim != default["cond_dim"]:
+        lines.append("--cond-dim has no effect: only --embed-guidance with a teacher that takes no w adds a "
+                     "guidance input")
+    return lines
 
 
 def rounds(config: StepsConfig) -> list[tuple[int, int]]:
@@ -77,6 +104,17 @@ def rounds(config: StepsConfig) -> list[tuple[int, int]]:
     return out
 
 
+def round_loss(teacher: Guided, student: StudentKind, scheduler_config: Mapping, n: int, m: int,
+               **options) -> StepLoss:
+    """The `StepLoss` of a round N → M: the student's M-step grid, N/M teacher DDIM steps per student step.
+
+    `options` are StepLoss's cfg_prob, cfg_range, space and gamma (its own defaults when left out).
+    """
+    schedule = teacher.model.schedule
+    return StepLoss(teacher=teacher, student=student, schedule=schedule, grid=student_grid(scheduler_config, m),
+                    substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(scheduler_config, schedule), **options)
+
+
 def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: str) -> tuple:
     """(student UNet, its w dim): a copy of the teacher, or, with `embed_guidance` on a teacher without a w
     input, the teacher with a zero-initialised guidance input (it learns the guided landing in one pass)."""
@@ -88,27 +126,22 @@ def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: st
 def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
                  n: int, m: int, run_dir: Path, resume_from) -> tuple:
     common = config.common
-    sched_config = teacher.pipe.scheduler.config
-    grid = student_grid(sched_config, m)
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
     arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
     unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
     unet = unet.to(teacher.pipe.device)
-    student = Guided(DiffusionModel(unet, teacher_model.schedule, student_type), student_w)
-    loss = StepLoss(teacher=Guided(teacher_model, w_dim), student=student, schedule=teacher_model.schedule,
-                    grid=grid, substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(sched_config, teacher_model.schedule),
-                    cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space, gamma=config.gamma)
-    loss = with_features(loss, out_weight=common.out_weight, feat_weight=common.feat_weight)
+    loss = round_loss(Guided(teacher_model, w_dim), StudentKind(student_type, student_w), teacher.pipe.scheduler.config,
+                      n, m, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space,
+                      gamma=config.gamma)
+    grid = loss.grid
+    loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
-    def bind(module):
-        student.model.unet = module
-
-    info = {"stage": "distill-steps", "num_inference_steps": m, "timesteps": grid[:-1], "mode": config.mode,
-            "from_steps": n, "guidance_embedding": student_w is not None, "prediction_type": student_type,
-            "student_arch": common.student_arch}
+    record = StudentRecord(stage="distill-steps", num_inference_steps=m, timesteps=grid[:-1], mode=config.mode,
+                           from_steps=n, guidance_embedding=student_w is not None, prediction_type=student_type,
+                           student_arch=common.student_arch)
     scheduler = student_scheduler(teacher.pipe.scheduler, steps=m, prediction_type=student_type)
     result = train_and_save(
-        common=common, teacher=teacher, student_unet=unet, bind=bind, loss=loss, scheduler=scheduler, info=info,
+        common=common, teacher=teacher, student_unet=unet, loss=loss, scheduler=scheduler, record=record,
         stage="distill-steps", config=resolved_config(config), resume_from=resume_from,
         teacher_steps=config.from_steps, student_steps=m, run_dir=run_dir,
     )
@@ -125,8 +158,10 @@ def _finished_round(run_dir: Path, teacher_model: DiffusionModel, student_type: 
 
 def run(config: StepsConfig) -> Path | None:
     """Train every round, save `student/` (the last round's), write the manifest."""
-    check(config)
+    config.check()
     common = config.common
+    for line in ignored_flags(config, teacher_unet_config(common).get("time_cond_proj_dim")):
+        print(f"warning: {line}", file=sys.stderr)
     teacher = load_teacher(common)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)

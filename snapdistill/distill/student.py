@@ -13,7 +13,8 @@ from pathlib import Path
 from snapdistill.distill.arch import build_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text
-from snapdistill.models.loading import STUDENT_INFO
+from snapdistill.models import student_record
+from snapdistill.models.student_record import StudentRecord
 
 PREDICTION_CHOICES = ("same", "v_prediction")
 
@@ -42,26 +43,32 @@ def copy_student(teacher_unet, arch: str = "same"):
     return student
 
 
-def student_prediction_type(choice: str, teacher_type: str) -> str:
-    """The student's prediction type: the teacher's (`same`) or `v_prediction` (SnapFusion's switch)."""
+def check_prediction_choice(choice: str) -> str:
+    """Refuse an unknown --student-prediction (checked before the teacher loads)."""
     if choice not in PREDICTION_CHOICES:
         raise SnapdistillError(f"unknown --student-prediction '{choice}'; choose one of {', '.join(PREDICTION_CHOICES)}")
-    return teacher_type if choice == "same" else choice
+    return choice
 
 
-def save_student(folder: Path, *, teacher_dir: Path, unet, scheduler, info: dict) -> Path:
-    """Write a complete pipeline folder: the teacher's other components, the student UNet and scheduler."""
+def student_prediction_type(choice: str, teacher_type: str) -> str:
+    """The student's prediction type: the teacher's (`same`) or `v_prediction` (SnapFusion's switch)."""
+    return teacher_type if check_prediction_choice(choice) == "same" else choice
+
+
+def save_student(folder: Path, *, teacher_dir: Path, unet, scheduler, record: StudentRecord) -> Path:
+    """Write a complete pipeline folder: the teacher's other components, the student UNet and scheduler, and
+    its record."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(teacher_dir, tmp, ignore=shutil.ignore_patterns("unet", "scheduler", STUDENT_INFO,
+    shutil.copytree(teacher_dir, tmp, ignore=shutil.ignore_patterns("unet", "scheduler", student_record.FILE,
                                                                      "manifest.json", "*.md"))
     unet.save_pretrained(tmp / "unet")
     scheduler.save_pretrained(tmp / "scheduler")
     index = json.loads((tmp / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", type(scheduler).__name__]
     atomic_write_text(tmp / "model_index.json", json.dumps(index, indent=2) + "\n")
-    atomic_write_text(tmp / STUDENT_INFO, json.dumps(info, indent=2) + "\n")
+    record.write(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder

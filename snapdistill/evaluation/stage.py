@@ -49,6 +49,47 @@ class EvalConfig:
     batch_size: int = 32
     device: str | None = None                         # None: cuda when available, else cpu
 
+    def check(self, *, fid_feature=None) -> None:
+        """Refuse bad settings before any model loads: missing paths, half-given pairs, HPS version clashes."""
+        from snapdistill.metrics.hps import check_version, version_in_filename
+
+        if not self.runs:
+            raise SnapdistillError("give at least one sample run folder to evaluate")
+        if self.batch_size <= 0:
+            raise SnapdistillError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.labels and len(self.labels) != len(self.runs):
+            raise SnapdistillError(f"{len(self.labels)} --label for {len(self.runs)} runs; give one per run or none")
+        _need_file(self.hps_checkpoint, "HPS checkpoint")
+        _need_file(self.clip_checkpoint, "CLIP checkpoint")
+        _need_file(self.inception_weights, "Inception weights")
+        if self.hps_checkpoint and not self.hps_version:
+            raise SnapdistillError("--hps-checkpoint needs --hps-version v2.0 or v2.1 (their scores are not comparable)")
+        if self.hps_checkpoint:
+            check_version(self.hps_version)
+            named = version_in_filename(self.hps_checkpoint)
+            if named and named != self.hps_version:
+                raise SnapdistillError(
+                    f"{self.hps_checkpoint}: the file is HPS {named} but --hps-version is {self.hps_version}; "
+                    "v2.0 and v2.1 cannot be mixed in one comparison"
+                )
+        if bool(self.clip_model) != bool(self.clip_checkpoint):
+            raise SnapdistillError("CLIP score needs both --clip-model and --clip-checkpoint")
+        if bool(self.inception_weights or fid_feature is not None) != bool(self.fid_reference):
+            raise SnapdistillError("FID needs both --inception-weights and --fid-reference")
+        if self.fid_reference and not Path(self.fid_reference).is_dir():
+            raise SnapdistillError(f"{self.fid_reference}: FID reference folder not found (e.g. COCO val2017/)")
+        if self.mse_reference:
+            require_manifest(self.mse_reference, stage="sample")
+        for g in self.guidance_sweep or []:
+            if g < 1.0:
+                raise SnapdistillError(f"--guidance-sweep values must be >= 1 (1 means no guidance), got {g}")
+        if self.sweep_runs and not self.guidance_sweep:
+            raise SnapdistillError("--sweep-run needs --guidance-sweep (the scales to re-sample it at)")
+        evaluated = {Path(r).resolve() for r in self.runs}
+        for folder in self.sweep_runs or []:
+            if Path(folder).resolve() not in evaluated:
+                raise SnapdistillError(f"{folder}: --sweep-run must be one of the run folders being evaluated")
+
 
 @dataclass
 class SampleRun:
@@ -94,48 +135,6 @@ def read_run(folder: Path, label: str | None = None, *, sweep: bool = False) -> 
 def _need_file(path: Path | None, what: str) -> None:
     if path is not None and not Path(path).is_file():
         raise SnapdistillError(f"{path}: {what} not found")
-
-
-def validate(config: EvalConfig, *, fid_feature=None) -> None:
-    """Refuse bad settings before any model loads: missing paths, half-given pairs, HPS version clashes."""
-    from snapdistill.metrics.hps import check_version, version_in_filename
-
-    if not config.runs:
-        raise SnapdistillError("give at least one sample run folder to evaluate")
-    if config.batch_size <= 0:
-        raise SnapdistillError(f"--batch-size must be positive, got {config.batch_size}")
-    if config.labels and len(config.labels) != len(config.runs):
-        raise SnapdistillError(f"{len(config.labels)} --label for {len(config.runs)} runs; give one per run or none")
-    _need_file(config.hps_checkpoint, "HPS checkpoint")
-    _need_file(config.clip_checkpoint, "CLIP checkpoint")
-    _need_file(config.inception_weights, "Inception weights")
-    if config.hps_checkpoint and not config.hps_version:
-        raise SnapdistillError("--hps-checkpoint needs --hps-version v2.0 or v2.1 (their scores are not comparable)")
-    if config.hps_checkpoint:
-        check_version(config.hps_version)
-        named = version_in_filename(config.hps_checkpoint)
-        if named and named != config.hps_version:
-            raise SnapdistillError(
-                f"{config.hps_checkpoint}: the file is HPS {named} but --hps-version is {config.hps_version}; "
-                "v2.0 and v2.1 cannot be mixed in one comparison"
-            )
-    if bool(config.clip_model) != bool(config.clip_checkpoint):
-        raise SnapdistillError("CLIP score needs both --clip-model and --clip-checkpoint")
-    if bool(config.inception_weights or fid_feature is not None) != bool(config.fid_reference):
-        raise SnapdistillError("FID needs both --inception-weights and --fid-reference")
-    if config.fid_reference and not Path(config.fid_reference).is_dir():
-        raise SnapdistillError(f"{config.fid_reference}: FID reference folder not found (e.g. COCO val2017/)")
-    if config.mse_reference:
-        require_manifest(config.mse_reference, stage="sample")
-    for g in config.guidance_sweep or []:
-        if g < 1.0:
-            raise SnapdistillError(f"--guidance-sweep values must be >= 1 (1 means no guidance), got {g}")
-    if config.sweep_runs and not config.guidance_sweep:
-        raise SnapdistillError("--sweep-run needs --guidance-sweep (the scales to re-sample it at)")
-    evaluated = {Path(r).resolve() for r in config.runs}
-    for folder in config.sweep_runs or []:
-        if Path(folder).resolve() not in evaluated:
-            raise SnapdistillError(f"{folder}: --sweep-run must be one of the run folders being evaluated")
 
 
 def included_rows(folders: list[Path], hps_version: str | None) -> list[dict]:
@@ -324,13 +323,12 @@ def run(config: EvalConfig, *, fid_feature=None) -> Path:
 
     `fid_feature` replaces the Inception network by any module mapping uint8 images to features.
     """
-    from accelerate import PartialState
-
+    from snapdistill.dist import process_state
     from snapdistill.models.loading import default_device
     from snapdistill.outdir import prepare_out
 
-    validate(config, fid_feature=fid_feature)
-    state = PartialState()
+    config.check(fid_feature=fid_feature)
+    state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     labels = config.labels or [None] * len(config.runs)
     runs = [read_run(p, label) for p, label in zip(config.runs, labels)]

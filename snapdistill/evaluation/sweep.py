@@ -32,6 +32,7 @@ def resample_config(run: SampleRun, guidance: float, out: Path, config: EvalConf
         size=c["size"], scheduler=None if name in (None, "own") else name, spacing=c.get("spacing", "trailing"),
         negative_prompt=c.get("negative_prompt"), seed=int(c.get("seed", 0)), batch_size=config.batch_size,
         dtype=c.get("dtype", "fp32"), device=config.device, overwrite=True,  # eval owns its sweep folders
+        allow_off_grid=bool(c.get("allow_off_grid", False)),  # a run sampled off its grid is re-sampled there
     )
 
 

@@ -8,12 +8,12 @@ never skipped or replaced by another.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.jsonl import parse_jsonl
 
 PROMPTS_FILE = "prompts.jsonl"
 _ROW_KEYS = ("index", "prompt", "seed", "file")
@@ -23,17 +23,11 @@ def read_rows(run: Path) -> list[dict]:
     """The rows of `run/prompts.jsonl`: {"index", "prompt", "seed", "style", "file"}, in file order."""
     path = Path(run) / PROMPTS_FILE
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SnapdistillError(f"{path}: cannot read ({e.strerror or e}); is {run} a `snapdistill sample` folder?") from e
     rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SnapdistillError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+    for n, row in parse_jsonl(path, text):
         if not isinstance(row, dict) or any(k not in row for k in _ROW_KEYS):
             raise SnapdistillError(f"{path}:{n}: a row needs {', '.join(_ROW_KEYS)}")
         rows.append(row)

@@ -7,7 +7,6 @@ local Hugging Face cache. Nothing downloads unless `allow_download=True`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # What a pipeline folder needs so `StableDiffusionPipeline.from_pretrained` works offline.
 _HUB_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer/*", "*/*.safetensors"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# A student folder records how it is sampled in this file (written by the distillation stages).
-STUDENT_INFO = "snapdistill.json"
 
 
 @dataclass(frozen=True)
@@ -141,13 +138,3 @@ def load_pipeline(model: ResolvedModel, *, dtype: torch.dtype = torch.float32, d
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
-
-def read_student_info(folder: Path) -> dict | None:
-    """The sampling recipe a distilled student records (`snapdistill.json`), or None for a teacher."""
-    path = Path(folder) / STUDENT_INFO
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SnapdistillError(f"{path}: unreadable student info ({e})") from e

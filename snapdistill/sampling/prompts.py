@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.jsonl import parse_jsonl
 
 # HPSv2's benchmark: one JSON list of 800 prompts per style; folder names follow HPSv2's evaluation.
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
@@ -50,13 +51,7 @@ def prompts_from_file(path: Path) -> list[str]:
         prompts = data
     elif path.suffix == ".jsonl":
         prompts = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SnapdistillError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+        for n, row in parse_jsonl(path, text):
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 raise SnapdistillError(f'{path}:{n}: each line needs a "prompt" string')
             prompts.append(row["prompt"])

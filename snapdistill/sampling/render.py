@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.models.loading import read_student_info
+from snapdistill.models.student_record import StudentRecord
 from snapdistill.sampling.schedulers import describe, make_scheduler
 
 if TYPE_CHECKING:
@@ -71,12 +71,40 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     return result.images
 
 
+def off_grid(config: SampleConfig, record: StudentRecord | None) -> str | None:
+    """Why `config` samples a step-distilled student off the grid it was trained on; None when it does not."""
+    if record is None or not record.step_distilled:
+        return None  # a teacher or a stage-1 student takes any steps and scheduler
+    asked = []
+    if config.steps not in (None, record.num_inference_steps):
+        asked.append(f"--steps {config.steps}")
+    if config.scheduler not in (None, "own"):
+        asked.append(f"--scheduler {config.scheduler}")
+    if not asked:
+        return None
+    return (f"{' and '.join(asked)} samples off the grid this student was trained on: {record.num_inference_steps} "
+            f"steps of its own scheduler at timesteps {record.timesteps}")
+
+
+def check_grid(config: SampleConfig, record: StudentRecord | None) -> str | None:
+    """Refuse an off-grid request unless `allow_off_grid`; return the warning when it is allowed."""
+    reason = off_grid(config, record)
+    if reason and not config.allow_off_grid:
+        raise SnapdistillError(f"{reason}; leave --steps and --scheduler out, or pass --allow-off-grid")
+    return reason
+
+
 def resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict, object]:
-    """Fill in defaults (steps, scheduler, size) from the model; return (settings, scheduler)."""
-    info = read_student_info(model_path) or {}
-    steps = config.steps if config.steps is not None else info.get("num_inference_steps", DEFAULT_TEACHER_STEPS)
+    """Fill in defaults (steps, scheduler, size) from the model; return (settings, scheduler).
+
+    `off_grid` records whether a step-distilled student is sampled off its training grid (`check_grid` decides
+    whether that is allowed), with the reason as `warning`.
+    """
+    record = StudentRecord.read(model_path)
+    own_steps = record.num_inference_steps if record else None
+    steps = config.steps if config.steps is not None else (own_steps or DEFAULT_TEACHER_STEPS)
     # A step-distilled student is sampled with its own scheduler, on the grid it was trained on.
-    name = config.scheduler or ("own" if info.get("num_inference_steps") else "dpmsolver++")
+    name = config.scheduler or ("own" if own_steps else "dpmsolver++")
     scheduler = pipe.scheduler if name == "own" else make_scheduler(name, pipe.scheduler.config, spacing=config.spacing)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     # The seed's benchmark is 512 px; models trained smaller (the toy world) keep their native size.
@@ -92,5 +120,8 @@ def resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict
         "scheduler": {"name": name, **describe(scheduler)},
         "negative_prompt": config.negative_prompt,
         "dtype": config.dtype,
+        "off_grid": False,
     }
+    if reason := off_grid(config, record):
+        settings.update(off_grid=True, warning=reason)
     return settings, scheduler

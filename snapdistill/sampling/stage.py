@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +20,20 @@ import numpy as np
 from PIL import Image
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, read_manifest, write_manifest
+from snapdistill.manifest import (
+    MANIFEST,
+    atomic_write_text,
+    input_entry,
+    read_manifest,
+    refuse_other_settings,
+    settings_diff,
+    write_manifest,
+)
 from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
+from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import prepare_out
 from snapdistill.sampling.prompts import PromptItem
-from snapdistill.sampling.render import count_unet_rows, generate, resolve_settings, to_uint8
+from snapdistill.sampling.render import check_grid, count_unet_rows, generate, resolve_settings, to_uint8
 
 GRID_IMAGES = 16
 RUN_CONFIG = "run.json"
@@ -50,6 +60,7 @@ class SampleConfig:
     device: str | None = None                    # None: cuda when available, else cpu
     allow_download: bool = False
     overwrite: bool = False                      # replace images made with other settings or another model
+    allow_off_grid: bool = False                 # let --steps/--scheduler leave a step-distilled student's grid
 
     def check(self) -> None:
         """Refuse impossible numbers with one line, before prompts are read or the model loads."""
@@ -102,12 +113,9 @@ def _check_rerun(out: Path, settings: dict, overwrite: bool) -> None:
     path = out / RUN_CONFIG
     if not path.is_file():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
-    diff = [k for k in _IMAGE_KEYS if old.get(k) != settings.get(k)]
-    if diff and not overwrite:
-        raise SnapdistillError(
-            f"{out}: holds images made with other settings ({', '.join(diff)} differ); use a new --out or --overwrite"
-        )
+    diff = settings_diff(json.loads(path.read_text(encoding="utf-8")), settings, _IMAGE_KEYS)
+    if not overwrite:
+        refuse_other_settings(f"{out}: holds images", diff, "use a new --out or --overwrite")
     if diff:
         shutil.rmtree(out / "images", ignore_errors=True)
         path.unlink()
@@ -127,6 +135,9 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     dtype = resolve_dtype(config.dtype, device)
     model = resolve_model(config.model, allow_download=config.allow_download)
+    warning = check_grid(config, StudentRecord.read(model.path))
+    if warning and state.is_main_process:
+        print(f"warning: {warning}", file=sys.stderr)
     prepare_out(out, config.inputs(model.path), create=state.is_main_process)
     pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
     settings, pipe.scheduler = resolve_settings(config, pipe, model.path)

@@ -1,0 +1,22 @@
+"""JSON-lines files read line by line, with errors that name the file and the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from snapdistill.errors import SnapdistillError
+
+
+def parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of `text` (read from `path`); `path:N: invalid JSON` on a bad one."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise SnapdistillError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+    return rows

@@ -1,0 +1,62 @@
+"""`snapdistill.json`: what a distilled student records about itself, written and read in one place.
+
+The distillation stages write it into every student folder; `sample` reads it to sample the student as it
+was trained (its step count, on its timesteps) and to refuse another grid unless asked. A teacher has none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import atomic_write_text
+
+FILE = "snapdistill.json"
+
+
+@dataclass(frozen=True)
+class StudentRecord:
+    """The recipe of a student. Fields left at None are not written (a stage-1 student has no step count)."""
+
+    stage: str | None = None                      # distill-guidance | distill-steps
+    num_inference_steps: int | None = None        # None: a stage-1 student, sampled with any steps and scheduler
+    timesteps: list[int] | None = None            # the trailing-DDIM timesteps it was trained on
+    mode: str | None = None                       # direct | progressive (distill-steps)
+    from_steps: int | None = None                 # its teacher's steps in the last round (distill-steps)
+    guidance_embedding: bool = False              # takes w = s − 1 as an input (one UNet call per step)
+    prediction_type: str | None = None
+    guidance_range: list[float] | None = None     # s ~ U(range) in training (distill-guidance)
+    student_arch: str = "same"
+
+    @property
+    def step_distilled(self) -> bool:
+        """True for a student trained for a fixed step count on a fixed grid."""
+        return self.num_inference_steps is not None
+
+    def to_json(self) -> dict:
+        """The keys written: every field that is set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def write(self, folder: Path) -> Path:
+        """Write `folder/snapdistill.json` atomically; return its path."""
+        path = Path(folder) / FILE
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> StudentRecord | None:
+        """The record of a student folder, or None for a teacher (no file). Unknown keys are ignored."""
+        path = Path(folder) / FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise SnapdistillError(f"{path}: unreadable student record ({e})") from e
+        if not isinstance(data, dict):
+            raise SnapdistillError(f"{path}: not a student record (expected a JSON object)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
