@@ -168,3 +168,13 @@ def test_resume_refuses_a_checkpoint_with_a_pickle_and_runs_nothing(cli, tmp_pat
     assert code == 2 and err.count("\n") == 1 and f"{latest}: {message}" in err, err
     assert not marker.exists()  # ...and resuming never unpickled it
     assert not (run / "manifest.json").exists()
+
+
+def test_auto_lr_follows_the_student_size():
+    """The default rate: the toy world's winner (3e-4) for small UNets, 1e-5 for SD-size ones (meta tensors: no memory)."""
+    from snapdistill.distill.loop import auto_lr
+
+    small = torch.nn.Linear(1000, 1000)
+    big = torch.nn.Linear(20_000, 10_000, device="meta")
+    assert (auto_lr(small), auto_lr(big)) == (3e-4, 1e-5)
+

@@ -102,3 +102,18 @@ def test_loss_spaces_weigh_errors_by_snr():
     torch.testing.assert_close(space_mse("eps", pred, eps, snr), x0_mse * snr, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(space_mse("v", pred, truth.as_type("v_prediction"), snr), x0_mse * (1 + snr),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_teacher_substeps_split_each_teacher_step():
+    """round_loss N -> M with R substeps: (N/M)·R teacher DDIM calls per landing, on points that include the
+    teacher's own N-step grid; R = 1 is the teacher's N-step trajectory."""
+    from snapdistill.distill.grid import teacher_points
+    from snapdistill.distill.steps_stage import round_loss
+
+    unet = tiny_components()["unet"]
+    teacher = Guided(DiffusionModel(unet, SCHEDULE, "epsilon"), None)
+    own = round_loss(teacher, StudentKind("epsilon", None), SD_SCHEDULER_CONFIG, 16, 8)
+    fine = round_loss(teacher, StudentKind("epsilon", None), SD_SCHEDULER_CONFIG, 16, 8, 2)
+    assert (own.substeps, fine.substeps) == (2, 4) and own.grid == fine.grid
+    coarse_points, fine_points = teacher_points(999, 874, 2), teacher_points(999, 874, 4)
+    assert set(coarse_points) <= set(fine_points) and len(fine_points) == 5

@@ -280,3 +280,11 @@ def test_a_flag_without_effect_is_named_before_the_teacher_loads(cli, capsys, tm
     assert lines[0].startswith("warning: --cfg-prob has no effect: the student takes w")
     code, _, err = cli(*args)  # left at its default: nothing to say
     assert code == 2 and err.splitlines() == ["error: stopped before loading"]
+
+
+def test_default_lr_is_resolved_by_size_and_recorded(guided_run):
+    """No --lr: the tiny student gets the small-model rate, and config.json and the manifest say so."""
+    for name in ("config.json", "manifest.json"):
+        config = json.loads((guided_run / name).read_text())
+        config = config.get("config", config)
+        assert config["common"]["train"]["lr"] == 3e-4

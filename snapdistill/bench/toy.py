@@ -184,7 +184,7 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     from snapdistill.distill.data import TextEmbeddings
     from snapdistill.distill.guided import Guided, StudentKind
     from snapdistill.distill.losses import Batch
-    from snapdistill.distill.steps_stage import round_loss
+    from snapdistill.distill.steps_stage import StepsConfig, round_loss
     from snapdistill.distill.student import copy_student
     from snapdistill.models.loading import load_pipeline, resolve_model
     from snapdistill.toy.world import toy_val_prompts
@@ -199,7 +199,8 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     student_kind = StudentKind(teacher.prediction_type, w_dim)
     student = student_kind.on(student_unet, teacher.schedule)
     optimizer = torch.optim.AdamW(student_unet.parameters(), lr=1e-6)
-    loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8)
+    loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8,
+                      StepsConfig.teacher_substeps)
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
     lat = 2 * torch.randn(batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     data = Batch(latents=lat, cond=text(toy_val_prompts(batch)), uncond=text([""]))

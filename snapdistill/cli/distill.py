@@ -68,7 +68,7 @@ def distill_guidance(
     out: Out = Path("runs/guided"),
     guidance_range: Annotated[str, typer.Option("--guidance-range", help="s ~ U(LOW, HIGH) per sample.")] = "2-14",
     cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of the student.")] = 256,
-    loss_space: Annotated[str, typer.Option("--loss-space", help="x0 (max(SNR,1) weighted), eps or v.")] = "x0",
+    loss_space: Annotated[str, typer.Option("--loss-space", help="eps, x0 (max(SNR,1) weighted) or v.")] = "eps",
     student_prediction: StudentPrediction = "same",
     student_arch: StudentArch = "same",
     feat_weight: FeatWeight = None,
@@ -77,7 +77,7 @@ def distill_guidance(
     max_minutes: MaxMinutes = None,
     batch_size: BatchSize = 16,
     grad_accum: GradAccum = 1,
-    lr: LearningRate = 1e-4,
+    lr: LearningRate = None,
     warmup_steps: Warmup = 20,
     ema_decay: EmaDecay = 0.999,
     mixed_precision: MixedPrecision = "no",
@@ -128,6 +128,9 @@ def distill_steps(
         help="With a base teacher: the student takes the guidance scale as an input (w = s - 1) and learns the "
              "teacher's guided landing, one UNet call per step (stages 1 and 2 in one).")] = False,
     cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of an --embed-guidance student.")] = 256,
+    teacher_substeps: Annotated[int, typer.Option(
+        "--teacher-substeps", help="DDIM substeps per teacher step in the landing target (1: the teacher's own "
+                                   "N-step trajectory; more: closer to its ODE, at that many times the teacher calls).")] = 2,
     student_prediction: StudentPrediction = "same",
     student_arch: StudentArch = "same",
     feat_weight: FeatWeight = None,
@@ -136,7 +139,7 @@ def distill_steps(
     max_minutes: MaxMinutes = None,
     batch_size: BatchSize = 16,
     grad_accum: GradAccum = 1,
-    lr: LearningRate = 1e-4,
+    lr: LearningRate = None,
     warmup_steps: Warmup = 20,
     ema_decay: EmaDecay = 0.999,
     mixed_precision: MixedPrecision = "no",
@@ -169,5 +172,5 @@ def distill_steps(
     config = stage.StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                                target_space=target_space, cfg_prob=cfg_prob,
                                cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
-                               embed_guidance=embed_guidance, cond_dim=cond_dim)
+                               embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps)
     _launch(config, stage.run, dry_run)

@@ -39,7 +39,7 @@ class TrainConfig:
     max_minutes: float | None = None        # wall-clock budget; stops early (and checkpoints) when reached
     batch_size: int = 16                    # per process and micro-step
     grad_accum: int = 1                     # micro-steps per optimisation step
-    lr: float = 1e-4                        # AdamW peak learning rate
+    lr: float | None = None                 # AdamW peak learning rate; None: `auto_lr` of the student's size
     warmup_steps: int = 20                  # linear warm-up, then cosine decay to 0 at max_steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0              # gradient clipping
@@ -59,7 +59,7 @@ class TrainConfig:
             if value < least:
                 raise SnapdistillError(f"{flag} must be an integer >= {least}, got {value}")
         # Written as `not (ok)` so that nan, which compares false to everything, is refused too.
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise SnapdistillError(f"--lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise SnapdistillError(f"--ema-decay must be in [0, 1) (0 disables EMA), got {self.ema_decay}")
@@ -72,6 +72,18 @@ class TrainConfig:
 def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
     """The CPU generator of one micro-step: a pure function of (seed, step, rank, micro)."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro)
+
+
+# The default peak learning rate by model size. On the toy world (a 2M-parameter UNet) 3e-4 won for both stages
+# (stage 1, 400 steps: toy FID 465 against 486 at 1e-3 and 517 at 1e-4; stage 2: 472 against 483 at 1e-4). Full
+# fine-tuning of an SD-size UNet (~860M) is unstable at such rates; 1e-5 is the usual rate there.
+AUTO_LR = ((100_000_000, 3e-4), (None, 1e-5))  # (up to this many parameters, rate)
+
+
+def auto_lr(model: torch.nn.Module) -> float:
+    """The default peak learning rate for a student of this many parameters (see AUTO_LR)."""
+    n = sum(p.numel() for p in model.parameters())
+    return next(rate for limit, rate in AUTO_LR if limit is None or n <= limit)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -215,7 +227,8 @@ def train(
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.train()
-    adamw = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr = config.lr if config.lr is not None else auto_lr(student)
+    adamw = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
     student, optimizer = accelerator.prepare(student, adamw)
     ema = None
     if config.ema_decay > 0:

@@ -14,7 +14,7 @@ import torch
 
 from snapdistill.distill.arch import check_arch
 from snapdistill.distill.data import ShardPairs, TextEmbeddings, encode_latents, find_shards
-from snapdistill.distill.loop import TrainConfig, TrainResult, ema_weights_into, train
+from snapdistill.distill.loop import TrainConfig, TrainResult, auto_lr, ema_weights_into, train
 from snapdistill.distill.losses import Batch
 from snapdistill.distill.run import (
     first_captions,
@@ -91,6 +91,8 @@ def load_teacher(common: CommonConfig) -> Teacher:
     pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
+    if common.train.lr is None:  # resolved here, so config.json and the manifest record the rate used
+        common.train.lr = auto_lr(pipe.unet)
     return Teacher(pipe, model.path, common.teacher)
 
 

