@@ -21,6 +21,7 @@ from typing import Any
 from snapdistill.errors import SnapdistillError
 
 MANIFEST = "manifest.json"
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 _PACKAGES = ("snapdistill", "torch", "diffusers", "transformers", "accelerate", "open_clip_torch", "webdataset")
 
 
@@ -110,9 +111,18 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SnapdistillError(f"{path}: unreadable manifest ({e}); rerun the stage that wrote it") from e
+        body = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise SnapdistillError(f"{path}: unreadable manifest ({e.strerror or e}); rerun the stage that wrote it") from e
+    except UnicodeDecodeError as e:
+        raise SnapdistillError(f"{path}: not a valid manifest (not UTF-8 text: byte {e.start}); "
+                               "rerun the stage that wrote it") from e
+    except json.JSONDecodeError as e:
+        raise SnapdistillError(f"{path}: not a valid manifest (invalid JSON: {e}); rerun the stage that wrote it") from e
+    if not isinstance(body, dict):
+        raise SnapdistillError(f"{path}: not a valid manifest (a JSON {_JSON_TYPES.get(type(body), 'value')}, not an object); "
+                               "rerun the stage that wrote it")
+    return body
 
 
 def require_manifest(folder: Path, *, stage: str | None = None) -> dict[str, Any]:
