@@ -181,3 +181,17 @@ def test_out_that_is_a_file_is_one_line(tmp_path, shards, cli):
     code, _, err = cli("recaption", "--in", shards, "--out", tmp_path / "taken")
     assert code == 2 and err.count("\n") == 1 and "is a file, not a folder" in err, err
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_an_unreadable_shard_is_one_line_naming_it_and_leaves_no_tmp(tmp_path, shards, cli, damage):
+    import shutil
+
+    src = shutil.copytree(shards, tmp_path / "in")
+    bad = src / "shard-000005.tar"
+    whole = (src / "shard-000000.tar").read_bytes()
+    bad.write_bytes(b"not a tar archive " * 100 if damage == "garbage" else whole[: len(whole) // 2])
+    code, _, err = cli("recaption", "--in", src, "--out", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{bad}: unreadable shard (" in err, err
+    assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "out" / "manifest.json").exists()

@@ -52,7 +52,13 @@ def read_samples(path: Path) -> Iterator[dict]:
     """Samples of a tar as {"__key__": key, ext: bytes}, in file order (webdataset's grouping)."""
     current: dict | None = None
     try:
-        with tarfile.open(path) as tar:
+        tar = tarfile.open(path)
+    except tarfile.ReadError as e:  # its message lists every compression tried, one line each
+        raise SnapdistillError(f"{path}: unreadable shard (not a tar archive); rebuild it with build-data") from e
+    except OSError as e:
+        raise SnapdistillError(f"{path}: unreadable shard ({e.strerror or e}); rebuild it with build-data") from e
+    try:
+        with tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -63,7 +69,8 @@ def read_samples(path: Path) -> Iterator[dict]:
                     current = {"__key__": key}
                 current[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as e:
-        raise SnapdistillError(f"{path}: unreadable shard ({e}); rebuild it with build-data") from e
+        why = " ".join(str(e).split())
+        raise SnapdistillError(f"{path}: unreadable shard ({why}); rebuild it with build-data") from e
     if current is not None:
         yield current
 
@@ -152,15 +159,19 @@ def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: 
     """Write the recaptioned copy of shard `src` to `dst`; return its counts."""
     before = dict(recaptioner.counts)
     shard = ShardFile(dst)
-    batch: list[dict] = []
-    for sample in read_samples(src):
-        batch.append(sample)
-        if len(batch) == batch_size:
-            for s in recaptioner(batch):
-                shard.write(s)
-            batch = []
-    for s in recaptioner(batch) if batch else []:
-        shard.write(s)
+    try:
+        batch: list[dict] = []
+        for sample in read_samples(src):
+            batch.append(sample)
+            if len(batch) == batch_size:
+                for s in recaptioner(batch):
+                    shard.write(s)
+                batch = []
+        for s in recaptioner(batch) if batch else []:
+            shard.write(s)
+    except BaseException:
+        shard.abort()  # no half-written NAME.tar.tmp left in --out
+        raise
     shard.close()
     return {k: v - before.get(k, 0) for k, v in recaptioner.counts.items() if v - before.get(k, 0)}
 

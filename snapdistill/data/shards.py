@@ -66,6 +66,11 @@ class ShardFile:
         os.replace(self.tmp, self.path)
         return self.path.stat().st_size
 
+    def abort(self) -> None:
+        """Drop the unfinished shard: close and delete its temporary file."""
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
 
 def append_line(path: Path, entry: dict) -> None:
     """Append one JSON line and make it durable before going on."""
