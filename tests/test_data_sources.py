@@ -104,6 +104,26 @@ def test_laion_img2dataset_layout_keeps_metadata_and_lists_failed_downloads(img2
     assert recs[0].image.load()[:2] == b"\xff\xd8"  # read from the tar by offset
 
 
+def test_img2dataset_members_named_outside_the_tar_are_bad_key_rejects(img2dataset, tmp_path, cli):
+    """Names that are absolute, climb with `..` or hold a backslash never become samples."""
+    evil = ["../../evil", "/abs/evil", "sub/../../../evil2", "back\\slash"]
+    (img2dataset / "00000.parquet").unlink()  # without a parquet every key in the tar is a row
+    with tarfile.open(img2dataset / "00001.tar", "w") as tar:
+        for n, key in enumerate(evil):
+            buf = io.BytesIO()
+            image(200 + n).save(buf, "JPEG")
+            _tar_member(tar, f"{key}.jpg", buf.getvalue())
+            _tar_member(tar, f"{key}.txt", b"an evil caption")
+    code, _, err = cli("build-data", "--source", f"laion-art:{img2dataset}", "--resolution", "32",
+                       "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["reason"]) for r in rejects] == [(k, "bad_key") for k in evil]
+    assert all(r["detail"].startswith(f"{k}.jpg: ") for r, k in zip(rejects, evil))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["written"] == 2 and manifest["counts"]["rejected"] == {"bad_key": 4}
+
+
 def test_laion_plain_parquet_with_image_folder_keyed_by_row(tmp_path):
     pq.write_table(pa.table({"URL": ["u0", "u1", "u2"], "TEXT": ["zero", "one", "two"], "punsafe": [0.1, 0.2, 0.3]}),
                    tmp_path / "part.parquet")
