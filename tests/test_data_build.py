@@ -229,6 +229,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--source", f"table:{tmp_path / 't.parquet'}", "--image-column", "path"], "no column 'path'"),
         (["--source", f"laion-art:{tmp_path / 't.parquet'},caption=TEXT"], "no column 'TEXT'"),
         (["--source", "toy:4", "--resolution", "0"], "--resolution must be a positive integer"),
+        (["--source", "toy:4", "--max-pixels", "0"], "--max-pixels must be a positive integer"),
         (["--source", "flickr:x"], "expected KIND:PATH"),
         (["--source", "toy:4,size=3"], "unknown option 'size'"),
         (["--source", "toy:4", "--shard-index", "2", "--num-shards", "2"], "--shard-index must be in 0..1"),
@@ -315,3 +316,52 @@ def test_out_beside_a_table_in_its_default_image_root_is_allowed(tmp_path, fault
     assert faulty.parent == tmp_path
     build.run(config(faulty, tmp_path / "shards"))
     assert (tmp_path / "shards" / "manifest.json").is_file()
+
+
+def _huge_header_jpeg(width: int, height: int) -> bytes:
+    """A small JPEG whose start-of-frame claims `width` x `height` (a decompression bomb's header)."""
+    data = bytearray(jpeg(noise(7)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_images_above_max_pixels_are_rejected_from_the_header_as_too_large(tmp_path, cli, monkeypatch):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    noise(1).save(pics / "ok.jpg")
+    (pics / "bomb.jpg").write_bytes(_huge_header_jpeg(60000, 60000))  # 3.6G pixels: 10.8 GB decoded
+    Image.new("1", (10000, 9000)).save(pics / "wide.png")  # 90M pixels: PIL's own bomb warning
+    for name in ("ok", "bomb", "wide"):
+        (pics / f"{name}.txt").write_text(f"a {name} picture")
+    decoded = []
+    monkeypatch.setattr(worker.im, "decode_bgr", lambda data, header, *a, **k: decoded.append(header) or
+                        worker.im._decode_cv(data, 1))
+    code, _, err = cli("build-data", "--source", f"folder:{pics}", "--resolution", "32", "--out", tmp_path / "out",
+                       "--no-progress")
+    assert code == 0, err
+    rejects = {r["key"]: r for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    assert {k: r["reason"] for k, r in rejects.items()} == {"bomb": "too_large", "wide": "too_large"}
+    assert rejects["bomb"]["detail"] == "60000x60000 pixels, above --max-pixels 89478485"
+    assert [(h.width, h.height) for h in decoded] == [(40, 30)]  # the bomb was never decoded
+    code, _, err = cli("build-data", "--source", f"folder:{pics}", "--resolution", "32", "--out", tmp_path / "out2",
+                       "--no-progress", "--max-pixels", "1000")
+    assert code == 0, err
+    rejects = [json.loads(line) for line in (tmp_path / "out2" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in rejects if r["reason"] == "too_large") == ["bomb", "ok", "wide"]
+
+
+def test_a_pil_decompression_bomb_error_anywhere_is_a_too_large_reject(tmp_path, monkeypatch):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    noise(1).save(pics / "a.jpg")
+    (pics / "a.txt").write_text("a picture")
+
+    def bomb(*args, **kwargs):
+        raise Image.DecompressionBombError("Image size (200000000 pixels) exceeds limit")
+
+    monkeypatch.setattr(worker.im, "decode_bgr", bomb)
+    build.run(build.BuildConfig(sources=[parse_spec(f"folder:{pics}")], out=tmp_path / "out", resolution=32,
+                                progress=False))
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["detail"]) for r in rejects] == [("too_large", "Image size (200000000 pixels) exceeds limit")]

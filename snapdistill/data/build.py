@@ -88,6 +88,8 @@ def check_config(config: BuildConfig, *, scorer=None) -> None:
     if not config.sources:
         raise SnapdistillError("no --source given; e.g. --source coco:annotations/captions_train2017.json")
     f = config.filters
+    if f.max_pixels is not None and f.max_pixels <= 0:
+        raise SnapdistillError(f"--max-pixels must be a positive integer, got {f.max_pixels}")
     if f.min_aspect is not None and f.max_aspect is not None and f.min_aspect > f.max_aspect:
         raise SnapdistillError(f"--min-aspect {f.min_aspect} is above --max-aspect {f.max_aspect}")
     if config.hps_threshold is not None and scorer is None:

@@ -11,9 +11,12 @@ import contextlib
 import hashlib
 import multiprocessing
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from PIL import Image
 
 from snapdistill.data import images as im
 from snapdistill.data.filters import RECORD_CHECKS, SIZE_CHECKS, FilterConfig, first_reason
@@ -58,13 +61,35 @@ def _pixels(rec: Record, cfg: ProcessConfig, out: Outcome):
         header = im.probe(data)
         out.width, out.height, out.repair = header.width, header.height, im.REPAIRS.get(header.mode)
     out.reason = first_reason(SIZE_CHECKS, out.width, out.height, cfg.filters)
+    if out.reason == "too_large":
+        out.detail = f"{out.width}x{out.height} pixels, above --max-pixels {cfg.filters.max_pixels}"
     if out.reason:
         return None
     return im.pil_to_bgr(pil) if header is None else im.decode_bgr(data, header, cfg.resolution, reduced=cfg.reduced)
 
 
+@contextlib.contextmanager
+def _pil_bomb_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit set to `max_pixels`, its warning raised as an error."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def process_record(rec: Record, cfg: ProcessConfig) -> Outcome:
     """Filter, decode and re-encode one record; bad input becomes a reason, never an exception."""
+    with _pil_bomb_limit(cfg.filters.max_pixels):
+        return _process_record(rec, cfg)
+
+
+def _process_record(rec: Record, cfg: ProcessConfig) -> Outcome:
     if rec.fault:
         return Outcome(reason=rec.fault, detail=rec.detail)
     reason = first_reason(RECORD_CHECKS, rec, cfg.filters)
@@ -79,6 +104,8 @@ def process_record(rec: Record, cfg: ProcessConfig) -> Outcome:
         out.jpg = im.encode_jpeg(im.square_resize(pixels, cfg.resolution), cfg.quality)
     except FileNotFoundError as e:
         return Outcome(reason="missing_file", detail=str(e.filename or e))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own size limit
+        return Outcome(reason="too_large", detail=" ".join(str(e).split()), width=out.width, height=out.height)
     except Exception as e:  # one broken image must not stop a long run: it is counted and listed instead
         return Outcome(reason="undecodable", detail=f"{type(e).__name__}: {e}", width=out.width, height=out.height)
     out.sha256 = hashlib.sha256(out.jpg).hexdigest()
