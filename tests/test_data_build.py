@@ -365,3 +365,66 @@ def test_a_pil_decompression_bomb_error_anywhere_is_a_too_large_reject(tmp_path,
                                 progress=False))
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["reason"], r["detail"]) for r in rejects] == [("too_large", "Image size (200000000 pixels) exceeds limit")]
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_die_with_a_killed_build_data(tmp_path):
+    """A worker stuck reading an image (here a FIFO no one writes, like a hung network mount) must not
+    outlive a build-data killed with SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i in range(4):
+        noise(i).save(pics / f"{i}.jpg")
+        (pics / f"{i}.txt").write_text(f"picture {i}")
+    os.mkfifo(pics / "stuck.jpg")
+    (pics / "stuck.txt").write_text("never read")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "snapdistill", "build-data", "--source", f"folder:{pics}",
+                             "--resolution", "32", "--workers", "2", "--no-progress", "--out", tmp_path / "out"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert len(workers) == 2, proc.stderr.read().decode() if proc.poll() is not None else workers
+        time.sleep(1.0)  # the FIFO is being opened
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid in workers if _alive(pid)]
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"

@@ -117,10 +117,57 @@ def process_chunk(chunk: list, cfg: ProcessConfig) -> list[Outcome]:
     return [process_record(entry[-1], cfg) for entry in chunk]
 
 
-def _init_worker() -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that started the pool dies, even by SIGKILL (a worker stuck
+    reading a file would otherwise live on): Linux's parent-death signal, else a watchdog thread."""
+    import ctypes
+    import ctypes.util
+    import os
+    import signal
+    import sys
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
+                # The signal follows the worker's own parent (the forkserver, with that start method), which
+                # ends with the pool's process; check the pool's process once for a death before the prctl.
+                if not _pid_alive(parent):
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch(ppid: int = os.getppid()) -> None:
+        while os.getppid() == ppid and _pid_alive(parent):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _init_worker(parent: int | None = None) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
+    if parent is not None:
+        _die_with_parent(parent)
 
 
 def _start_method() -> str:
@@ -143,7 +190,10 @@ def worker_pool(workers: int) -> Iterator:
         _init_worker()
         yield None
         return
-    with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_init_worker) as pool:
+    import os
+
+    with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_init_worker,
+                                                           initargs=(os.getpid(),)) as pool:
         yield pool
 
 
