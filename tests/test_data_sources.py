@@ -265,3 +265,26 @@ def test_all_sources_round_trip_through_webdataset(tmp_path, coco, img2dataset, 
     assert manifest["counts"]["rejected"] == {"missing_file": 1, "download_failed": 1, "nsfw": 1, "no_caption": 1}
     assert manifest["counts"]["per_source"][f"coco:{coco}"] == {"seen": 3, "written": 2, "rejected": 1}
     assert manifest["config"]["sources_info"][f"laion-art:{img2dataset}"]["img2dataset_stats"]["successes"] == 2
+
+
+def test_coco_every_caption_survives_dedup_but_a_copied_image_does_not(tmp_path, cli):
+    root = tmp_path / "coco"
+    for i in range(10):
+        save(root / "train2017" / f"{i:012d}.jpg", i)
+    (root / "train2017" / "copy.jpg").write_bytes((root / "train2017" / f"{3:012d}.jpg").read_bytes())
+    images = [{"id": i, "file_name": f"{i:012d}.jpg"} for i in range(10)] + [{"id": 99, "file_name": "copy.jpg"}]
+    anns = [{"image_id": i, "id": 100 * i + c, "caption": f"image {i} caption {c}"} for i in [*range(10), 99]
+            for c in range(5)]
+    path = root / "annotations" / "captions_train2017.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"images": images, "annotations": anns}))
+    for resume in (False, True):
+        if resume:  # a rerun restores the counts and the duplicate filter from the finished shards
+            (tmp_path / "out" / "manifest.json").unlink()
+        code, _, err = cli("build-data", "--source", f"coco:{path},captions=all", "--resolution", "32",
+                           "--shard-size", "8", "--out", tmp_path / "out", "--no-progress")
+        assert code == 0, err
+        counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
+        assert counts["written"] == 50 and counts["rejected"] == {"duplicate_image": 5}, counts
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rejects] == [f"99_{9900 + c}" for c in range(5)]

@@ -8,7 +8,9 @@ So the shards are byte-identical for any `--workers`, and a resumed run ends whe
 Each sample is `KEY.jpg` (resolution x resolution, JPEG q95), `KEY.txt` (the caption) and `KEY.json`:
 `source`, `key`, `caption_orig`, `original_width`/`original_height`, `width`/`height` (also the original
 size: diffusers' LCM distillation scripts filter on these), `pwatermark` when the source has one,
-`pixel_sha256`, `scores` and `meta` (the source's own metadata). KEY is the record's index in the stream.
+`pixel_sha256`, `group` (only for records one source row fans out, e.g. COCO's captions=all: they are not
+duplicates of each other), `scores` and `meta` (the source's own metadata). KEY is the record's index in
+the stream.
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ class _Run:
             self.tally.seen(label)
             caption = normalize_caption(rec.caption)
             reason = out.reason or hps_reason(scores.get(j, 0.0), self.config.hps_threshold) \
-                or self.dedupe.check(out.sha256, caption)
+                or self.dedupe.check(out.sha256, caption, rec.group)
             if reason:
                 self.tally.rejected(label, reason)
                 self.rejects.add(key=rec.key, source=rec.source, reason=reason, detail=out.detail, index=index)
@@ -197,7 +199,7 @@ class _Run:
             if out.repair:
                 self.tally.repaired(out.repair)
                 self.rejects.add(key=rec.key, source=rec.source, reason=out.repair, action="repaired", index=index)
-            self.dedupe.add(out.sha256, caption)
+            self.dedupe.add(out.sha256, caption, rec.group)
             self.tally.written(label)
             self._write(self._sample(index, rec, out, caption, scores.get(j)), pos + 1)
 
@@ -208,6 +210,8 @@ class _Run:
         if rec.meta.get("pwatermark") is not None:
             info["pwatermark"] = rec.meta["pwatermark"]
         info["pixel_sha256"] = out.sha256
+        if rec.group is not None:
+            info["group"] = rec.group  # restored with the duplicate filter on resume
         info["scores"] = {f"hps_{self.config.hps_version}": hps} if hps is not None else {}
         info["meta"] = rec.meta
         body = json.dumps(info, ensure_ascii=False).encode("utf-8")
@@ -251,7 +255,7 @@ def restore(out: Path, done: list[dict], config: BuildConfig) -> tuple[Tally, De
     dedupe = Deduper(config.filters)
     for entry in done:
         for info, txt in shard_texts(out / entry["shard"]):
-            dedupe.add(info.get("pixel_sha256", ""), txt)
+            dedupe.add(info.get("pixel_sha256", ""), txt, info.get("group"))
     return tally, dedupe
 
 

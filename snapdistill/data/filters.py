@@ -116,25 +116,31 @@ def caption_key(caption: str) -> str:
 
 
 class Deduper:
-    """Stateful filters: exact duplicate images and a cap on repeated captions (in stream order)."""
+    """Stateful filters: exact duplicate images and a cap on repeated captions (in stream order).
+
+    Records of one `group` (one source row fanned out into several captions, as COCO's captions=all)
+    are never duplicates of each other; an image repeated under another group, or none, is.
+    """
+
+    _NO_GROUP = object()
 
     def __init__(self, cfg: FilterConfig):
         self.cfg = cfg
-        self.hashes: set[str] = set()
+        self.hashes: dict[str, object] = {}  # sha256 -> group of the first accepted record
         self.captions: dict[str, int] = {}
 
-    def check(self, sha256: str, caption: str) -> str | None:
-        if self.cfg.dedup and sha256 in self.hashes:
+    def check(self, sha256: str, caption: str, group: str | None = None) -> str | None:
+        if self.cfg.dedup and sha256 in self.hashes and (group is None or self.hashes[sha256] != group):
             return "duplicate_image"
         cap = self.cfg.max_caption_repeats
         if cap is not None and self.captions.get(caption_key(caption), 0) >= cap:
             return "caption_repeats"
         return None
 
-    def add(self, sha256: str, caption: str) -> None:
+    def add(self, sha256: str, caption: str, group: str | None = None) -> None:
         """Record an accepted sample."""
         if self.cfg.dedup:
-            self.hashes.add(sha256)
+            self.hashes.setdefault(sha256, self._NO_GROUP if group is None else group)
         if self.cfg.max_caption_repeats is not None:
             key = caption_key(caption)
             self.captions[key] = self.captions.get(key, 0) + 1
