@@ -263,8 +263,8 @@ def test_all_sources_round_trip_through_webdataset(tmp_path, coco, img2dataset, 
     laion = next(s["json"] for s in samples if s["json"]["source"] == "laion-art")
     assert laion["pwatermark"] == 0.2 and laion["meta"]["aesthetic"] == 6.5 and laion["original_width"] == 48
     assert manifest["counts"]["rejected"] == {"missing_file": 1, "download_failed": 1, "nsfw": 1, "no_caption": 1}
-    assert manifest["counts"]["per_source"][f"coco:{coco}"] == {"seen": 3, "written": 2, "rejected": 1}
-    assert manifest["config"]["sources_info"][f"laion-art:{img2dataset}"]["img2dataset_stats"]["successes"] == 2
+    assert manifest["counts"]["per_source"][f"0:coco:{coco}"] == {"seen": 3, "written": 2, "rejected": 1}
+    assert manifest["config"]["sources_info"][f"1:laion-art:{img2dataset}"]["img2dataset_stats"]["successes"] == 2
 
 
 def test_coco_every_caption_survives_dedup_but_a_copied_image_does_not(tmp_path, cli):
@@ -288,3 +288,16 @@ def test_coco_every_caption_survives_dedup_but_a_copied_image_does_not(tmp_path,
         assert counts["written"] == 50 and counts["rejected"] == {"duplicate_image": 5}, counts
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [r["key"] for r in rejects] == [f"99_{9900 + c}" for c in range(5)]
+
+
+def test_two_sources_of_one_path_with_other_options_count_apart(tmp_path, coco, cli):
+    code, _, err = cli("build-data", "--source", f"coco:{coco}", "--source", f"coco:{coco},captions=all",
+                       "--resolution", "32", "--no-dedup", "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    first, every = f"0:coco:{coco}", f"1:coco:{coco},captions=all"
+    assert manifest["counts"]["per_source"] == {first: {"seen": 3, "written": 2, "rejected": 1},
+                                                every: {"seen": 4, "written": 3, "rejected": 1}}
+    assert manifest["config"]["sources_info"][first]["captions"] == "first"
+    assert manifest["config"]["sources_info"][every]["captions"] == "all"
+    assert {e["source"] for e in manifest["inputs"]} == {first, every}

@@ -37,7 +37,7 @@ from snapdistill.data.shards import (
     shard_name,
     shard_texts,
 )
-from snapdistill.data.sources import Opened, SourceSpec, open_source
+from snapdistill.data.sources import Opened, SourceSpec, open_source, source_labels
 from snapdistill.data.sources.mix import mix
 from snapdistill.data.worker import Outcome, ProcessConfig, ordered_map, process_chunk, worker_pool
 from snapdistill.errors import SnapdistillError
@@ -110,6 +110,10 @@ class Tally:
         zero = {"seen": 0, "written": 0, "rejected": 0}
         self.data = snapshot or {"seen": 0, "written": 0, "rejected": {}, "repaired": {},
                                  "per_source": {label: dict(zero) for label in labels}}
+        per_source = self.data["per_source"]
+        if list(per_source) != labels:  # a run started when labels were KIND:PATH: same sources, in order
+            counts = list(per_source.values()) if len(per_source) == len(labels) else []
+            self.data["per_source"] = {label: counts[i] if counts else dict(zero) for i, label in enumerate(labels)}
 
     def seen(self, label: str) -> None:
         self.data["seen"] += 1
@@ -145,8 +149,9 @@ def entries(config: BuildConfig, opened: list[Opened]) -> Iterator[tuple[int, in
     streams = [(spec, o.records) for spec, o in zip(config.sources, opened)]
     whole = enumerate(mix(streams, seed=config.seed))
     mine = itertools.islice(itertools.islice(whole, config.limit), config.shard_index, None, config.num_shards)
+    labels = source_labels(config.sources)
     for pos, (index, (src, rec)) in enumerate(mine):
-        yield pos, index, config.sources[src].label, rec
+        yield pos, index, labels[src], rec
 
 
 def chunks(items: Iterator, start: int) -> Iterator[list]:
@@ -250,8 +255,7 @@ def prepare_out(out: Path, config: BuildConfig, opened: list[Opened]) -> list[di
 
 def restore(out: Path, done: list[dict], config: BuildConfig) -> tuple[Tally, Deduper]:
     """Counts and duplicate state as they were after the last finished shard."""
-    labels = [s.label for s in config.sources]
-    tally = Tally(labels, json.loads(json.dumps(done[-1]["tally"])) if done else None)
+    tally = Tally(source_labels(config.sources), json.loads(json.dumps(done[-1]["tally"])) if done else None)
     dedupe = Deduper(config.filters)
     for entry in done:
         for info, txt in shard_texts(out / entry["shard"]):
@@ -319,11 +323,12 @@ def run(config: BuildConfig, *, scorer=None) -> Path:
         _process(work, config, opened, pool)
         elapsed = time.perf_counter() - started
     names = [name for name, _ in work.shards]
-    inputs = [input_entry(p, source=spec.label) for spec, o in zip(config.sources, opened) for p in o.inputs]
+    labels = source_labels(config.sources)
+    inputs = [input_entry(p, source=label) for label, o in zip(labels, opened) for p in o.inputs]
     return write_manifest(
         out,
         stage="build-data",
-        config={**asdict(config), "sources_info": {s.label: o.info for s, o in zip(config.sources, opened)}},
+        config={**asdict(config), "sources_info": dict(zip(labels, (o.info for o in opened)))},
         inputs=inputs,
         outputs={"shards": names, "rejects": REJECTS, "progress": PROGRESS, "keys": ["jpg", "txt", "json"]},
         counts={**tally.data, "shards": len(names), "per_shard": dict(work.shards)},
