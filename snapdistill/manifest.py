@@ -21,16 +21,35 @@ from typing import Any
 from snapdistill.errors import SnapdistillError
 
 MANIFEST = "manifest.json"
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 _PACKAGES = ("snapdistill", "torch", "diffusers", "transformers", "accelerate", "open_clip_torch", "webdataset")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and a rename."""
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and a rename.
+
+    The file gets the mode a plain `open(path, "w")` would give (0o666 less the umask), not
+    mkstemp's private 0o600, so it is as readable as the shards beside it.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +68,11 @@ def refuse_other_settings(subject: str, diff: list[str], remedy: str) -> None:
     """A rerun must use the same settings: one message for every stage, raised when `diff` is not empty."""
     if diff:
         raise SnapdistillError(f"{subject} made with other settings ({', '.join(diff)} differ); {remedy}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically; see `atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def package_versions() -> dict[str, str]:
@@ -122,9 +146,18 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SnapdistillError(f"{path}: unreadable manifest ({e}); rerun the stage that wrote it") from e
+        body = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise SnapdistillError(f"{path}: unreadable manifest ({e.strerror or e}); rerun the stage that wrote it") from e
+    except UnicodeDecodeError as e:
+        raise SnapdistillError(f"{path}: not a valid manifest (not UTF-8 text: byte {e.start}); "
+                               "rerun the stage that wrote it") from e
+    except json.JSONDecodeError as e:
+        raise SnapdistillError(f"{path}: not a valid manifest (invalid JSON: {e}); rerun the stage that wrote it") from e
+    if not isinstance(body, dict):
+        raise SnapdistillError(f"{path}: not a valid manifest (a JSON {_JSON_TYPES.get(type(body), 'value')}, not an object); "
+                               "rerun the stage that wrote it")
+    return body
 
 
 def require_manifest(folder: Path, *, stage: str | None = None) -> dict[str, Any]:

@@ -229,6 +229,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--source", f"table:{tmp_path / 't.parquet'}", "--image-column", "path"], "no column 'path'"),
         (["--source", f"laion-art:{tmp_path / 't.parquet'},caption=TEXT"], "no column 'TEXT'"),
         (["--source", "toy:4", "--resolution", "0"], "--resolution must be a positive integer"),
+        (["--source", "toy:4", "--max-pixels", "0"], "--max-pixels must be a positive integer"),
         (["--source", "flickr:x"], "expected KIND:PATH"),
         (["--source", "toy:4,size=3"], "unknown option 'size'"),
         (["--source", "toy:4", "--shard-index", "2", "--num-shards", "2"], "--shard-index must be in 0..1"),
@@ -315,3 +316,115 @@ def test_out_beside_a_table_in_its_default_image_root_is_allowed(tmp_path, fault
     assert faulty.parent == tmp_path
     build.run(config(faulty, tmp_path / "shards"))
     assert (tmp_path / "shards" / "manifest.json").is_file()
+
+
+def _huge_header_jpeg(width: int, height: int) -> bytes:
+    """A small JPEG whose start-of-frame claims `width` x `height` (a decompression bomb's header)."""
+    data = bytearray(jpeg(noise(7)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_images_above_max_pixels_are_rejected_from_the_header_as_too_large(tmp_path, cli, monkeypatch):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    noise(1).save(pics / "ok.jpg")
+    (pics / "bomb.jpg").write_bytes(_huge_header_jpeg(60000, 60000))  # 3.6G pixels: 10.8 GB decoded
+    Image.new("1", (10000, 9000)).save(pics / "wide.png")  # 90M pixels: PIL's own bomb warning
+    for name in ("ok", "bomb", "wide"):
+        (pics / f"{name}.txt").write_text(f"a {name} picture")
+    decoded = []
+    monkeypatch.setattr(worker.im, "decode_bgr", lambda data, header, *a, **k: decoded.append(header) or
+                        worker.im._decode_cv(data, 1))
+    code, _, err = cli("build-data", "--source", f"folder:{pics}", "--resolution", "32", "--out", tmp_path / "out",
+                       "--no-progress")
+    assert code == 0, err
+    rejects = {r["key"]: r for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    assert {k: r["reason"] for k, r in rejects.items()} == {"bomb": "too_large", "wide": "too_large"}
+    assert rejects["bomb"]["detail"] == "60000x60000 pixels, above --max-pixels 89478485"
+    assert [(h.width, h.height) for h in decoded] == [(40, 30)]  # the bomb was never decoded
+    code, _, err = cli("build-data", "--source", f"folder:{pics}", "--resolution", "32", "--out", tmp_path / "out2",
+                       "--no-progress", "--max-pixels", "1000")
+    assert code == 0, err
+    rejects = [json.loads(line) for line in (tmp_path / "out2" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in rejects if r["reason"] == "too_large") == ["bomb", "ok", "wide"]
+
+
+def test_a_pil_decompression_bomb_error_anywhere_is_a_too_large_reject(tmp_path, monkeypatch):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    noise(1).save(pics / "a.jpg")
+    (pics / "a.txt").write_text("a picture")
+
+    def bomb(*args, **kwargs):
+        raise Image.DecompressionBombError("Image size (200000000 pixels) exceeds limit")
+
+    monkeypatch.setattr(worker.im, "decode_bgr", bomb)
+    build.run(build.BuildConfig(sources=[parse_spec(f"folder:{pics}")], out=tmp_path / "out", resolution=32,
+                                progress=False))
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["detail"]) for r in rejects] == [("too_large", "Image size (200000000 pixels) exceeds limit")]
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_die_with_a_killed_build_data(tmp_path):
+    """A worker stuck reading an image (here a FIFO no one writes, like a hung network mount) must not
+    outlive a build-data killed with SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i in range(4):
+        noise(i).save(pics / f"{i}.jpg")
+        (pics / f"{i}.txt").write_text(f"picture {i}")
+    os.mkfifo(pics / "stuck.jpg")
+    (pics / "stuck.txt").write_text("never read")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "snapdistill", "build-data", "--source", f"folder:{pics}",
+                             "--resolution", "32", "--workers", "2", "--no-progress", "--out", tmp_path / "out"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert len(workers) == 2, proc.stderr.read().decode() if proc.poll() is not None else workers
+        time.sleep(1.0)  # the FIFO is being opened
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid in workers if _alive(pid)]
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"

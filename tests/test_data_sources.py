@@ -104,6 +104,26 @@ def test_laion_img2dataset_layout_keeps_metadata_and_lists_failed_downloads(img2
     assert recs[0].image.load()[:2] == b"\xff\xd8"  # read from the tar by offset
 
 
+def test_img2dataset_members_named_outside_the_tar_are_bad_key_rejects(img2dataset, tmp_path, cli):
+    """Names that are absolute, climb with `..` or hold a backslash never become samples."""
+    evil = ["../../evil", "/abs/evil", "sub/../../../evil2", "back\\slash"]
+    (img2dataset / "00000.parquet").unlink()  # without a parquet every key in the tar is a row
+    with tarfile.open(img2dataset / "00001.tar", "w") as tar:
+        for n, key in enumerate(evil):
+            buf = io.BytesIO()
+            image(200 + n).save(buf, "JPEG")
+            _tar_member(tar, f"{key}.jpg", buf.getvalue())
+            _tar_member(tar, f"{key}.txt", b"an evil caption")
+    code, _, err = cli("build-data", "--source", f"laion-art:{img2dataset}", "--resolution", "32",
+                       "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["reason"]) for r in rejects] == [(k, "bad_key") for k in evil]
+    assert all(r["detail"].startswith(f"{k}.jpg: ") for r, k in zip(rejects, evil))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["written"] == 2 and manifest["counts"]["rejected"] == {"bad_key": 4}
+
+
 def test_laion_plain_parquet_with_image_folder_keyed_by_row(tmp_path):
     pq.write_table(pa.table({"URL": ["u0", "u1", "u2"], "TEXT": ["zero", "one", "two"], "punsafe": [0.1, 0.2, 0.3]}),
                    tmp_path / "part.parquet")
@@ -243,5 +263,41 @@ def test_all_sources_round_trip_through_webdataset(tmp_path, coco, img2dataset, 
     laion = next(s["json"] for s in samples if s["json"]["source"] == "laion-art")
     assert laion["pwatermark"] == 0.2 and laion["meta"]["aesthetic"] == 6.5 and laion["original_width"] == 48
     assert manifest["counts"]["rejected"] == {"missing_file": 1, "download_failed": 1, "nsfw": 1, "no_caption": 1}
-    assert manifest["counts"]["per_source"][f"coco:{coco}"] == {"seen": 3, "written": 2, "rejected": 1}
-    assert manifest["config"]["sources_info"][f"laion-art:{img2dataset}"]["img2dataset_stats"]["successes"] == 2
+    assert manifest["counts"]["per_source"][f"0:coco:{coco}"] == {"seen": 3, "written": 2, "rejected": 1}
+    assert manifest["config"]["sources_info"][f"1:laion-art:{img2dataset}"]["img2dataset_stats"]["successes"] == 2
+
+
+def test_coco_every_caption_survives_dedup_but_a_copied_image_does_not(tmp_path, cli):
+    root = tmp_path / "coco"
+    for i in range(10):
+        save(root / "train2017" / f"{i:012d}.jpg", i)
+    (root / "train2017" / "copy.jpg").write_bytes((root / "train2017" / f"{3:012d}.jpg").read_bytes())
+    images = [{"id": i, "file_name": f"{i:012d}.jpg"} for i in range(10)] + [{"id": 99, "file_name": "copy.jpg"}]
+    anns = [{"image_id": i, "id": 100 * i + c, "caption": f"image {i} caption {c}"} for i in [*range(10), 99]
+            for c in range(5)]
+    path = root / "annotations" / "captions_train2017.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"images": images, "annotations": anns}))
+    for resume in (False, True):
+        if resume:  # a rerun restores the counts and the duplicate filter from the finished shards
+            (tmp_path / "out" / "manifest.json").unlink()
+        code, _, err = cli("build-data", "--source", f"coco:{path},captions=all", "--resolution", "32",
+                           "--shard-size", "8", "--out", tmp_path / "out", "--no-progress")
+        assert code == 0, err
+        counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
+        assert counts["written"] == 50 and counts["rejected"] == {"duplicate_image": 5}, counts
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rejects] == [f"99_{9900 + c}" for c in range(5)]
+
+
+def test_two_sources_of_one_path_with_other_options_count_apart(tmp_path, coco, cli):
+    code, _, err = cli("build-data", "--source", f"coco:{coco}", "--source", f"coco:{coco},captions=all",
+                       "--resolution", "32", "--no-dedup", "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    first, every = f"0:coco:{coco}", f"1:coco:{coco},captions=all"
+    assert manifest["counts"]["per_source"] == {first: {"seen": 3, "written": 2, "rejected": 1},
+                                                every: {"seen": 4, "written": 3, "rejected": 1}}
+    assert manifest["config"]["sources_info"][first]["captions"] == "first"
+    assert manifest["config"]["sources_info"][every]["captions"] == "all"
+    assert {e["source"] for e in manifest["inputs"]} == {first, every}

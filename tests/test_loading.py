@@ -96,3 +96,38 @@ def test_student_record_round_trip_keeps_the_keys_and_ignores_unknown_ones(tmp_p
     assert StudentRecord.read(tmp_path) == record
     stage1 = StudentRecord(stage="distill-guidance", guidance_embedding=True, guidance_range=[2.0, 14.0])
     assert "num_inference_steps" not in stage1.to_json() and not stage1.step_distilled
+
+
+def test_a_failed_download_says_it_failed_and_why(empty_caches, cli, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        try:
+            raise ConnectionError("[Errno -2] Name or service not known")
+        except ConnectionError as e:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub") from e
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    code, _, err = cli("inspect", "sd15", "--allow-download")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "sd15: download of stable-diffusion-v1-5/stable-diffusion-v1-5 failed (ConnectionError: [Errno -2]" in err
+    assert "rerun with --allow-download" not in err
+    code, _, err = cli("inspect", "sd15")
+    assert code == 2 and "rerun with --allow-download" in err, err
+
+
+def test_single_file_with_allow_download_does_not_suggest_it(tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    def fake(path, **kwargs):
+        raise OSError("could not reach the hub")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", fake)
+    ckpt = tmp_path / "mine.safetensors"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(SnapdistillError, match="could not reach the hub.*fetching it failed") as err:
+        load_pipeline(resolve_model(str(ckpt)), allow_download=True)
+    assert "--allow-download" not in str(err.value)

@@ -173,3 +173,41 @@ def test_out_that_is_a_file_is_one_line(tmp_path, shards, cli):
     code, _, err = cli("recaption", "--in", shards, "--out", tmp_path / "taken")
     assert code == 2 and err.count("\n") == 1 and "is a file, not a folder" in err, err
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_an_unreadable_shard_is_one_line_naming_it_and_leaves_no_tmp(tmp_path, shards, cli, damage):
+    import shutil
+
+    src = shutil.copytree(shards, tmp_path / "in")
+    bad = src / "shard-000005.tar"
+    whole = (src / "shard-000000.tar").read_bytes()
+    bad.write_bytes(b"not a tar archive " * 100 if damage == "garbage" else whole[: len(whole) // 2])
+    code, _, err = cli("recaption", "--in", src, "--out", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{bad}: unreadable shard (" in err, err
+    assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "out" / "manifest.json").exists()
+
+
+EVIL = ["../../evil.txt", "/abs/evil.txt", "sub/../../../evil2.jpg", "back\\slash.txt"]
+
+
+def test_member_names_that_climb_out_are_rejected_as_bad_key(tmp_path, shards, cli):
+    import shutil
+    import tarfile
+
+    src = shutil.copytree(shards, tmp_path / "in")
+    with tarfile.open(src / "shard-000005.tar", "w") as tar:
+        for name in ["fine.txt", *EVIL]:
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    code, _, err = cli("recaption", "--in", src, "--out", tmp_path / "out")
+    assert code == 0, err
+    names = {m for p in (tmp_path / "out").glob("*.tar") for m in tarfile.open(p).getnames()}
+    assert "fine.txt" in names and not names & set(EVIL)
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["reason"], r["shard"]) for r in rejects] == [(n, "bad_key", "shard-000005.tar") for n in EVIL]
+    assert all(r["detail"] for r in rejects)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["bad_key"] == 4 and manifest["outputs"]["rejects"] == "rejects.jsonl"

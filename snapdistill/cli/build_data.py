@@ -10,6 +10,7 @@ import typer
 
 from snapdistill.cli import app, checked_dry_run
 from snapdistill.cli.options import Device, DryRun, Out, Seed
+from snapdistill.data.filters import MAX_PIXELS
 
 
 @app.command("build-data")
@@ -30,6 +31,9 @@ def build_data(
     seed: Seed = 0,
     reduced_decode: Annotated[bool, typer.Option("--reduced-decode/--full-decode",
                                          help="Decode JPEGs >= 2x the target at 1/2, 1/4 or 1/8 scale.")] = True,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help=(
+        "Reject images whose header gives more than N pixels (width x height) as too_large, before any "
+        "decoding; PIL's decompression-bomb limit by default."))] = MAX_PIXELS,
     min_side: Annotated[int | None, typer.Option("--min-side", help="Drop images whose short side is below N px.")] = None,
     min_aspect: Annotated[float | None, typer.Option("--min-aspect", help="Drop images with width/height below this.")] = None,
     max_aspect: Annotated[float | None, typer.Option("--max-aspect", help="Drop images with width/height above this.")] = None,
@@ -79,7 +83,7 @@ def build_data(
 
     defaults = {"captions": coco_captions, "pick": hpsv2_images, "image": image_column, "caption": caption_column}
     filters = FilterConfig(
-        min_side=min_side, min_aspect=min_aspect, max_aspect=max_aspect, max_nsfw=max_nsfw,
+        max_pixels=max_pixels, min_side=min_side, min_aspect=min_aspect, max_aspect=max_aspect, max_nsfw=max_nsfw,
         max_watermark=max_watermark, min_aesthetic=min_aesthetic, min_caption_chars=min_caption_chars,
         max_caption_chars=max_caption_chars, dedup=dedup, max_caption_repeats=max_caption_repeats,
     )

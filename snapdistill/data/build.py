@@ -8,7 +8,9 @@ So the shards are byte-identical for any `--workers`, and a resumed run ends whe
 Each sample is `KEY.jpg` (resolution x resolution, JPEG q95), `KEY.txt` (the caption) and `KEY.json`:
 `source`, `key`, `caption_orig`, `original_width`/`original_height`, `width`/`height` (also the original
 size: diffusers' LCM distillation scripts filter on these), `pwatermark` when the source has one,
-`pixel_sha256`, `scores` and `meta` (the source's own metadata). KEY is the record's index in the stream.
+`pixel_sha256`, `group` (only for records one source row fans out, e.g. COCO's captions=all: they are not
+duplicates of each other), `scores` and `meta` (the source's own metadata). KEY is the record's index in
+the stream.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from snapdistill.data.shards import (
     shard_name,
     shard_texts,
 )
-from snapdistill.data.sources import Opened, SourceSpec, open_source
+from snapdistill.data.sources import Opened, SourceSpec, open_source, source_labels
 from snapdistill.data.sources.mix import mix
 from snapdistill.data.worker import Outcome, ProcessConfig, ordered_map, process_chunk, worker_pool
 from snapdistill.errors import SnapdistillError
@@ -86,6 +88,8 @@ class BuildConfig:
         if not self.sources:
             raise SnapdistillError("no --source given; e.g. --source coco:annotations/captions_train2017.json")
         f = self.filters
+        if f.max_pixels is not None and f.max_pixels <= 0:
+            raise SnapdistillError(f"--max-pixels must be a positive integer, got {f.max_pixels}")
         if f.min_aspect is not None and f.max_aspect is not None and f.min_aspect > f.max_aspect:
             raise SnapdistillError(f"--min-aspect {f.min_aspect} is above --max-aspect {f.max_aspect}")
         if self.hps_threshold is not None and scorer is None:
@@ -106,6 +110,10 @@ class Tally:
         zero = {"seen": 0, "written": 0, "rejected": 0}
         self.data = snapshot or {"seen": 0, "written": 0, "rejected": {}, "repaired": {},
                                  "per_source": {label: dict(zero) for label in labels}}
+        per_source = self.data["per_source"]
+        if list(per_source) != labels:  # a run started when labels were KIND:PATH: same sources, in order
+            counts = list(per_source.values()) if len(per_source) == len(labels) else []
+            self.data["per_source"] = {label: counts[i] if counts else dict(zero) for i, label in enumerate(labels)}
 
     def seen(self, label: str) -> None:
         self.data["seen"] += 1
@@ -141,8 +149,9 @@ def entries(config: BuildConfig, opened: list[Opened]) -> Iterator[tuple[int, in
     streams = [(spec, o.records) for spec, o in zip(config.sources, opened)]
     whole = enumerate(mix(streams, seed=config.seed))
     mine = itertools.islice(itertools.islice(whole, config.limit), config.shard_index, None, config.num_shards)
+    labels = source_labels(config.sources)
     for pos, (index, (src, rec)) in enumerate(mine):
-        yield pos, index, config.sources[src].label, rec
+        yield pos, index, labels[src], rec
 
 
 def chunks(items: Iterator, start: int) -> Iterator[list]:
@@ -187,7 +196,7 @@ class _Run:
             self.tally.seen(label)
             caption = normalize_caption(rec.caption)
             reason = out.reason or hps_reason(scores.get(j, 0.0), self.config.hps_threshold) \
-                or self.dedupe.check(out.sha256, caption)
+                or self.dedupe.check(out.sha256, caption, rec.group)
             if reason:
                 self.tally.rejected(label, reason)
                 self.rejects.add(key=rec.key, source=rec.source, reason=reason, detail=out.detail, index=index)
@@ -195,7 +204,7 @@ class _Run:
             if out.repair:
                 self.tally.repaired(out.repair)
                 self.rejects.add(key=rec.key, source=rec.source, reason=out.repair, action="repaired", index=index)
-            self.dedupe.add(out.sha256, caption)
+            self.dedupe.add(out.sha256, caption, rec.group)
             self.tally.written(label)
             self._write(self._sample(index, rec, out, caption, scores.get(j)), pos + 1)
 
@@ -206,6 +215,8 @@ class _Run:
         if rec.meta.get("pwatermark") is not None:
             info["pwatermark"] = rec.meta["pwatermark"]
         info["pixel_sha256"] = out.sha256
+        if rec.group is not None:
+            info["group"] = rec.group  # restored with the duplicate filter on resume
         info["scores"] = {f"hps_{self.config.hps_version}": hps} if hps is not None else {}
         info["meta"] = rec.meta
         body = json.dumps(info, ensure_ascii=False).encode("utf-8")
@@ -244,12 +255,11 @@ def prepare_out(out: Path, config: BuildConfig, opened: list[Opened]) -> list[di
 
 def restore(out: Path, done: list[dict], config: BuildConfig) -> tuple[Tally, Deduper]:
     """Counts and duplicate state as they were after the last finished shard."""
-    labels = [s.label for s in config.sources]
-    tally = Tally(labels, json.loads(json.dumps(done[-1]["tally"])) if done else None)
+    tally = Tally(source_labels(config.sources), json.loads(json.dumps(done[-1]["tally"])) if done else None)
     dedupe = Deduper(config.filters)
     for entry in done:
         for info, txt in shard_texts(out / entry["shard"]):
-            dedupe.add(info.get("pixel_sha256", ""), txt)
+            dedupe.add(info.get("pixel_sha256", ""), txt, info.get("group"))
     return tally, dedupe
 
 
@@ -313,11 +323,12 @@ def run(config: BuildConfig, *, scorer=None) -> Path:
         _process(work, config, opened, pool)
         elapsed = time.perf_counter() - started
     names = [name for name, _ in work.shards]
-    inputs = [input_entry(p, source=spec.label) for spec, o in zip(config.sources, opened) for p in o.inputs]
+    labels = source_labels(config.sources)
+    inputs = [input_entry(p, source=label) for label, o in zip(labels, opened) for p in o.inputs]
     return write_manifest(
         out,
         stage="build-data",
-        config={**asdict(config), "sources_info": {s.label: o.info for s, o in zip(config.sources, opened)}},
+        config={**asdict(config), "sources_info": dict(zip(labels, (o.info for o in opened)))},
         inputs=inputs,
         outputs={"shards": names, "rejects": REJECTS, "progress": PROGRESS, "keys": ["jpg", "txt", "json"]},
         counts={**tally.data, "shards": len(names), "per_shard": dict(work.shards)},

@@ -12,17 +12,21 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from PIL import Image
+
 from snapdistill.data.sources.base import Record
 
 NSFW_KEYS = ("punsafe", "image_nsfw", "prompt_nsfw")  # LAION, DiffusionDB
 WATERMARK_KEYS = ("pwatermark",)
 AESTHETIC_KEYS = ("aesthetic", "AESTHETIC_SCORE", "aesthetic_score")
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit (~89.5M pixels)
 
 
 @dataclass(frozen=True)
 class FilterConfig:
     """Every filter setting; None (or False) switches that filter off."""
 
+    max_pixels: int | None = MAX_PIXELS     # width x height from the header; larger is never decoded
     min_side: int | None = None            # shorter original side, pixels
     min_aspect: float | None = None        # width / height
     max_aspect: float | None = None
@@ -79,6 +83,10 @@ RECORD_CHECKS: tuple[Callable[[Record, FilterConfig], str | None], ...] = (
 )
 
 
+def too_large(width: int, height: int, cfg: FilterConfig) -> str | None:
+    return "too_large" if cfg.max_pixels is not None and width * height > cfg.max_pixels else None
+
+
 def min_side(width: int, height: int, cfg: FilterConfig) -> str | None:
     return "min_side" if cfg.min_side is not None and min(width, height) < cfg.min_side else None
 
@@ -90,7 +98,7 @@ def aspect_ratio(width: int, height: int, cfg: FilterConfig) -> str | None:
 
 
 # Checks on the original size, read from the image header before decoding.
-SIZE_CHECKS: tuple[Callable[[int, int, FilterConfig], str | None], ...] = (min_side, aspect_ratio)
+SIZE_CHECKS: tuple[Callable[[int, int, FilterConfig], str | None], ...] = (too_large, min_side, aspect_ratio)
 
 
 def first_reason(checks, *args) -> str | None:
@@ -108,25 +116,31 @@ def caption_key(caption: str) -> str:
 
 
 class Deduper:
-    """Stateful filters: exact duplicate images and a cap on repeated captions (in stream order)."""
+    """Stateful filters: exact duplicate images and a cap on repeated captions (in stream order).
+
+    Records of one `group` (one source row fanned out into several captions, as COCO's captions=all)
+    are never duplicates of each other; an image repeated under another group, or none, is.
+    """
+
+    _NO_GROUP = object()
 
     def __init__(self, cfg: FilterConfig):
         self.cfg = cfg
-        self.hashes: set[str] = set()
+        self.hashes: dict[str, object] = {}  # sha256 -> group of the first accepted record
         self.captions: dict[str, int] = {}
 
-    def check(self, sha256: str, caption: str) -> str | None:
-        if self.cfg.dedup and sha256 in self.hashes:
+    def check(self, sha256: str, caption: str, group: str | None = None) -> str | None:
+        if self.cfg.dedup and sha256 in self.hashes and (group is None or self.hashes[sha256] != group):
             return "duplicate_image"
         cap = self.cfg.max_caption_repeats
         if cap is not None and self.captions.get(caption_key(caption), 0) >= cap:
             return "caption_repeats"
         return None
 
-    def add(self, sha256: str, caption: str) -> None:
+    def add(self, sha256: str, caption: str, group: str | None = None) -> None:
         """Record an accepted sample."""
         if self.cfg.dedup:
-            self.hashes.add(sha256)
+            self.hashes.setdefault(sha256, self._NO_GROUP if group is None else group)
         if self.cfg.max_caption_repeats is not None:
             key = caption_key(caption)
             self.captions[key] = self.captions.get(key, 0) + 1

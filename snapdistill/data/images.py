@@ -84,6 +84,8 @@ def probe(data: bytes) -> Header:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return Header(im.format or "", im.mode, *im.size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise  # too large, not broken: the caller rejects it as such
     except Exception as e:  # PIL raises several types for unreadable headers
         raise DecodeError(f"unreadable image header ({type(e).__name__})") from e
 
@@ -119,6 +121,8 @@ def _decode_pil(data: bytes, target: int) -> np.ndarray:
                 rgba = im.convert("RGBA")
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             rgb = np.asarray(im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise
     except Exception as e:
         raise DecodeError(f"undecodable image data ({type(e).__name__})") from e
     return np.ascontiguousarray(rgb[..., ::-1])

@@ -7,7 +7,8 @@
 
 Every sample keeps its other members; `txt_orig` holds the caption as it came in (the first stage's,
 when recaptioning twice) and the json gains `caption_source` and any scores. A sample that cannot be
-read is passed through unchanged and counted. Shards are split across `accelerate launch` processes;
+read is passed through unchanged and counted; a tar member whose name is absolute or climbs out with
+`..` is dropped and listed in `rejects.jsonl` as `bad_key`. Shards are split across `accelerate launch` processes;
 a shard is done when it and its `stats/NAME.json` exist, so a stopped run resumes shard by shard.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from snapdistill.data import captions
-from snapdistill.data.shards import ShardFile, check_settings
+from snapdistill.data.shards import REJECTS, ShardFile, check_settings, member_name_problem
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
 from snapdistill.outdir import check_out_apart, prepare_out
@@ -73,13 +74,29 @@ class RecaptionConfig:
             raise SnapdistillError(f"{self.clip}: --mode keep-better needs --clip PATH (an open_clip folder or checkpoint)")
 
 
-def read_samples(path: Path) -> Iterator[dict]:
-    """Samples of a tar as {"__key__": key, ext: bytes}, in file order (webdataset's grouping)."""
+def read_samples(path: Path, rejects: list[dict] | None = None) -> Iterator[dict]:
+    """Samples of a tar as {"__key__": key, ext: bytes}, in file order (webdataset's grouping).
+
+    A member whose name is absolute, climbs with `..` or holds a backslash or NUL is skipped (it would
+    be written out under the same name) and listed in `rejects` as `bad_key`.
+    """
     current: dict | None = None
     try:
-        with tarfile.open(path) as tar:
+        tar = tarfile.open(path)
+    except tarfile.ReadError as e:  # its message lists every compression tried, one line each
+        raise SnapdistillError(f"{path}: unreadable shard (not a tar archive); rebuild it with build-data") from e
+    except OSError as e:
+        raise SnapdistillError(f"{path}: unreadable shard ({e.strerror or e}); rebuild it with build-data") from e
+    try:
+        with tar:
             for member in tar:
                 if not member.isfile():
+                    continue
+                problem = member_name_problem(member.name)
+                if problem:
+                    if rejects is not None:
+                        rejects.append({"shard": path.name, "key": member.name, "reason": "bad_key",
+                                        "action": "skipped", "detail": problem})
                     continue
                 key, _, ext = member.name.partition(".")
                 if current is None or current["__key__"] != key or ext in current:
@@ -88,7 +105,8 @@ def read_samples(path: Path) -> Iterator[dict]:
                     current = {"__key__": key}
                 current[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as e:
-        raise SnapdistillError(f"{path}: unreadable shard ({e}); rebuild it with build-data") from e
+        why = " ".join(str(e).split())
+        raise SnapdistillError(f"{path}: unreadable shard ({why}); rebuild it with build-data") from e
     if current is not None:
         yield current
 
@@ -173,21 +191,31 @@ class Recaptioner:
         return out
 
 
-def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: int) -> dict:
-    """Write the recaptioned copy of shard `src` to `dst`; return its counts."""
+def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: int,
+                    rejects: list[dict] | None = None) -> dict:
+    """Write the recaptioned copy of shard `src` to `dst`; return its counts. Members skipped for their
+    names are appended to `rejects`."""
     before = dict(recaptioner.counts)
+    skipped: list[dict] = []
     shard = ShardFile(dst)
-    batch: list[dict] = []
-    for sample in read_samples(src):
-        batch.append(sample)
-        if len(batch) == batch_size:
-            for s in recaptioner(batch):
-                shard.write(s)
-            batch = []
-    for s in recaptioner(batch) if batch else []:
-        shard.write(s)
+    try:
+        batch: list[dict] = []
+        for sample in read_samples(src, skipped):
+            batch.append(sample)
+            if len(batch) == batch_size:
+                for s in recaptioner(batch):
+                    shard.write(s)
+                batch = []
+        for s in recaptioner(batch) if batch else []:
+            shard.write(s)
+    except BaseException:
+        shard.abort()  # no half-written NAME.tar.tmp left in --out
+        raise
     shard.close()
-    return {k: v - before.get(k, 0) for k, v in recaptioner.counts.items() if v - before.get(k, 0)}
+    if rejects is not None:
+        rejects.extend(skipped)
+    counts = {k: v - before.get(k, 0) for k, v in recaptioner.counts.items() if v - before.get(k, 0)}
+    return {**counts, "bad_key": len(skipped)} if skipped else counts
 
 
 def load(config: RecaptionConfig, device: str) -> Recaptioner:
@@ -242,14 +270,19 @@ def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> P
         stats = out / STATS / f"{shard.name}.json"
         if (out / shard.name).is_file() and stats.is_file():
             continue  # finished before a stop
-        counts = recaption_shard(shard, out / shard.name, recaptioner, config.batch_size)
+        rejects: list[dict] = []
+        counts = recaption_shard(shard, out / shard.name, recaptioner, config.batch_size, rejects)
+        # The shard's rejects first: its stats file is what marks it done.
+        atomic_write_text(out / STATS / f"{shard.name}.rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
         atomic_write_text(stats, json.dumps(counts) + "\n")
     state.wait_for_everyone()
     if not state.is_main_process:
         return out / MANIFEST
     totals, per_shard = _totals(out, shards)
+    per_shard_rejects = [out / STATS / f"{s.name}.rejects.jsonl" for s in shards]
+    atomic_write_text(out / REJECTS, "".join(p.read_text(encoding="utf-8") for p in per_shard_rejects if p.is_file()))
     inputs = [input_entry(config.input)] + [input_entry(p) for p in (config.captioner, config.clip) if p]
     return write_manifest(out, stage="recaption", config={**asdict(config), "device": device}, inputs=inputs,
-                          outputs={"shards": [s.name for s in shards], "stats": STATS,
+                          outputs={"shards": [s.name for s in shards], "stats": STATS, "rejects": REJECTS,
                                    "keys": ["jpg", "txt", "txt_orig", "json"]},
                           counts={**totals, "shards": len(shards), "per_shard": per_shard})

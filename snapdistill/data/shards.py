@@ -24,6 +24,20 @@ REJECTS = "rejects.jsonl"
 OWNER = "snapdistill"  # user and group of every member
 
 
+def member_name_problem(name: str) -> str | None:
+    """Why a tar member name must not be used as a sample key (it could point outside the folder it is
+    unpacked into), or None when it is a plain relative name."""
+    if "\0" in name:
+        return "NUL in the member name"
+    if "\\" in name:
+        return "backslash in the member name"
+    if name.startswith("/"):
+        return "absolute member name"
+    if ".." in name.split("/"):
+        return "'..' in the member name"
+    return None
+
+
 def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.tar"
 
@@ -65,6 +79,11 @@ class ShardFile:
         self._file.close()
         os.replace(self.tmp, self.path)
         return self.path.stat().st_size
+
+    def abort(self) -> None:
+        """Drop the unfinished shard: close and delete its temporary file."""
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def append_line(path: Path, entry: dict) -> None:

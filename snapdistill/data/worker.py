@@ -11,9 +11,12 @@ import contextlib
 import hashlib
 import multiprocessing
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from PIL import Image
 
 from snapdistill.data import images as im
 from snapdistill.data.filters import RECORD_CHECKS, SIZE_CHECKS, FilterConfig, first_reason
@@ -58,13 +61,35 @@ def _pixels(rec: Record, cfg: ProcessConfig, out: Outcome):
         header = im.probe(data)
         out.width, out.height, out.repair = header.width, header.height, im.REPAIRS.get(header.mode)
     out.reason = first_reason(SIZE_CHECKS, out.width, out.height, cfg.filters)
+    if out.reason == "too_large":
+        out.detail = f"{out.width}x{out.height} pixels, above --max-pixels {cfg.filters.max_pixels}"
     if out.reason:
         return None
     return im.pil_to_bgr(pil) if header is None else im.decode_bgr(data, header, cfg.resolution, reduced=cfg.reduced)
 
 
+@contextlib.contextmanager
+def _pil_bomb_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit set to `max_pixels`, its warning raised as an error."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def process_record(rec: Record, cfg: ProcessConfig) -> Outcome:
     """Filter, decode and re-encode one record; bad input becomes a reason, never an exception."""
+    with _pil_bomb_limit(cfg.filters.max_pixels):
+        return _process_record(rec, cfg)
+
+
+def _process_record(rec: Record, cfg: ProcessConfig) -> Outcome:
     if rec.fault:
         return Outcome(reason=rec.fault, detail=rec.detail)
     reason = first_reason(RECORD_CHECKS, rec, cfg.filters)
@@ -79,6 +104,8 @@ def process_record(rec: Record, cfg: ProcessConfig) -> Outcome:
         out.jpg = im.encode_jpeg(im.square_resize(pixels, cfg.resolution), cfg.quality)
     except FileNotFoundError as e:
         return Outcome(reason="missing_file", detail=str(e.filename or e))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own size limit
+        return Outcome(reason="too_large", detail=" ".join(str(e).split()), width=out.width, height=out.height)
     except Exception as e:  # one broken image must not stop a long run: it is counted and listed instead
         return Outcome(reason="undecodable", detail=f"{type(e).__name__}: {e}", width=out.width, height=out.height)
     out.sha256 = hashlib.sha256(out.jpg).hexdigest()
@@ -90,10 +117,57 @@ def process_chunk(chunk: list, cfg: ProcessConfig) -> list[Outcome]:
     return [process_record(entry[-1], cfg) for entry in chunk]
 
 
-def _init_worker() -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that started the pool dies, even by SIGKILL (a worker stuck
+    reading a file would otherwise live on): Linux's parent-death signal, else a watchdog thread."""
+    import ctypes
+    import ctypes.util
+    import os
+    import signal
+    import sys
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
+                # The signal follows the worker's own parent (the forkserver, with that start method), which
+                # ends with the pool's process; check the pool's process once for a death before the prctl.
+                if not _pid_alive(parent):
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch(ppid: int = os.getppid()) -> None:
+        while os.getppid() == ppid and _pid_alive(parent):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _init_worker(parent: int | None = None) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would only contend
+    if parent is not None:
+        _die_with_parent(parent)
 
 
 def _start_method() -> str:
@@ -116,7 +190,10 @@ def worker_pool(workers: int) -> Iterator:
         _init_worker()
         yield None
         return
-    with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_init_worker) as pool:
+    import os
+
+    with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_init_worker,
+                                                           initargs=(os.getpid(),)) as pool:
         yield pool
 
 

@@ -7,7 +7,9 @@ processes, webdataset's `split_by_node` gives each rank its own shards.
 
 from __future__ import annotations
 
+import io
 import random
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,27 +51,93 @@ def _to_tensor(image, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
+MAX_BAD_SHARE = 0.1  # more unreadable samples than this share of an epoch stops training
+MIN_CHECKED = 100    # ... checked as it goes once this many samples were looked at, and at the epoch's end
+
+
+def _decode(sample: dict) -> tuple:
+    """(RGB PIL image, caption) of a raw webdataset sample; raises when either is missing or unreadable.
+
+    Only `jpg` and `txt` are ever decoded: webdataset's default handlers unpickle `.pyd`/`.pickle`
+    members and torch.load `.pth` ones, so a shard from elsewhere could otherwise run code.
+    """
+    from PIL import Image
+
+    missing = [ext for ext in ("jpg", "txt") if ext not in sample]
+    if missing:
+        raise ValueError(f"no {' or '.join(missing)} member")
+    with io.BytesIO(sample["jpg"]) as stream:
+        image = Image.open(stream)
+        image.load()
+        image = image.convert("RGB")
+    return image, sample["txt"].decode("utf-8")
+
+
+class _BadSamples:
+    """Unreadable samples of one epoch: counted, the first one kept to name in messages."""
+
+    def __init__(self, epoch: int):
+        self.epoch, self.bad, self.good, self.first = epoch, 0, 0, ""
+
+    def add(self, where: str, exn: BaseException) -> None:
+        self.bad += 1
+        if not self.first:
+            why = " ".join(f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}".split())
+            self.first = f"{where}: {why}"[:300]
+
+    def handler(self, exn: BaseException) -> bool:
+        """webdataset's handler convention (like `warn_and_continue`): a damaged tar is counted, and
+        reading goes on with the next readable member or shard."""
+        self.add("shard", exn)
+        return True
+
+    def summary(self) -> str:
+        total = self.bad + self.good
+        return f"{self.bad} of {total} training samples unreadable in epoch {self.epoch} (first: {self.first})"
+
+    def check(self, *, final: bool = False) -> None:
+        total = self.bad + self.good
+        if (final or total >= MIN_CHECKED) and self.bad > MAX_BAD_SHARE * total:
+            raise SnapdistillError(f"{self.summary()}: more than {MAX_BAD_SHARE:.0%}; "
+                                   "rebuild the shards with build-data")
+
+
 class ShardPairs:
-    """An endless, seeded stream of (pixels, caption) pairs over the shards, epoch after epoch."""
+    """An endless, seeded stream of (pixels, caption) pairs over the shards, epoch after epoch.
+
+    A sample without `jpg` or `txt`, or whose image does not decode, and the rest of a tar cut short,
+    are skipped and counted; the count goes to stderr once per epoch, and more than 10% of an epoch
+    unreadable stops training with one line. Skipping depends only on the bytes, so the order of the
+    readable samples is still a pure function of (seed, epoch).
+    """
 
     def __init__(self, shards: list[str], *, size: int, seed: int = 0):
         self.shards, self.size, self.seed = list(shards), size, seed
 
-    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, str]]:
+    def _epoch(self, epoch: int) -> Iterator[tuple]:
         import webdataset as wds
 
         rng = random.Random(self.seed * 100_003 + epoch)
         order = self.shards[:]
         rng.shuffle(order)
+        bad = _BadSamples(epoch)
         ds = wds.WebDataset(order, shardshuffle=False, nodesplitter=wds.split_by_node,
-                            workersplitter=wds.split_by_worker, empty_check=False)
+                            workersplitter=wds.split_by_worker, empty_check=False, handler=bad.handler)
         buffer: list = []
-        # Decode only what is used: webdataset's default handlers unpickle `.pyd`/`.pickle` members and torch.load
-        # `.pth` ones, so a shard from elsewhere could otherwise run code.
-        for sample in ds.decode("pil", only=["jpg", "txt"]).to_tuple("jpg", "txt"):
+        for raw in ds:
+            try:
+                sample = _decode(raw)
+            except Exception as exn:  # one damaged sample must not stop a long run
+                bad.add(f"{raw.get('__url__')}: {raw.get('__key__')}", exn)
+                bad.check()
+                continue
+            bad.good += 1
             buffer.append(sample)
             if len(buffer) >= SHUFFLE_BUFFER:
                 yield buffer.pop(rng.randrange(len(buffer)))
+        bad.check(final=True)
+        if bad.bad:
+            print(f"warning: {bad.summary()}; skipped", file=sys.stderr, flush=True)
         rng.shuffle(buffer)
         yield from buffer
 

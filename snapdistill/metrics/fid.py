@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.manifest import atomic_write_bytes
 
 # FID is biased upwards at small sample counts; numbers from fewer images are flagged, not hidden.
 FID_RELIABLE_MIN = 2000
@@ -85,10 +84,7 @@ def _atomic_savez(path: Path, **arrays) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class FidScorer:

@@ -50,6 +50,13 @@ def _missing_weights(name: str) -> SnapdistillError:
     )
 
 
+def _root_cause(e: BaseException) -> str:
+    """The first line of the innermost exception behind `e` (the network error behind the hub's own)."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+
 def _from_hub(name: str, *, allow_download: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -59,6 +66,10 @@ def _from_hub(name: str, *, allow_download: bool) -> Path:
             HUB_IDS[name], allow_patterns=_HUB_PATTERNS, local_files_only=not allow_download
         )
     except LocalEntryNotFoundError as e:
+        if allow_download:  # the hub was asked and did not answer: say why, not "rerun with --allow-download"
+            raise SnapdistillError(f"{name}: download of {HUB_IDS[name]} failed ({_root_cause(e)}); check the "
+                                   f"network, or get the weights with `hf download {HUB_IDS[name]} --local-dir "
+                                   f"{models_dir() / name}`") from e
         raise _missing_weights(name) from e
     except Exception as e:  # network or auth errors, only reachable with --allow-download
         raise SnapdistillError(f"{name}: download of {HUB_IDS[name]} failed ({e})") from e
@@ -130,7 +141,8 @@ def load_pipeline(model: ResolvedModel, *, dtype: torch.dtype = torch.float32, d
             )
     except (OSError, ValueError) as e:
         hint = (
-            "a single-file checkpoint needs its base model's config in the Hugging Face cache (or --allow-download)"
+            "a single-file checkpoint needs its base model's config in the Hugging Face cache"
+            + ("; fetching it failed" if allow_download else " (or --allow-download)")
             if model.single_file
             else "the folder is incomplete; compare it with a `save_pretrained` pipeline folder"
         )

@@ -37,8 +37,19 @@ class SourceSpec:
 
     @property
     def label(self) -> str:
-        """How counts name this source in the manifest."""
+        """KIND:PATH, how messages name this source (two specs may share it)."""
         return f"{self.kind}:{self.path}"
+
+    def describe(self) -> str:
+        """The spec written back out: KIND:PATH then weight/count and the options, sorted."""
+        extra = {"weight": self.weight, "count": self.count, **dict(sorted(self.options.items()))}
+        return ",".join([self.label, *(f"{k}={v}" for k, v in extra.items() if v is not None)])
+
+
+def source_labels(specs: list[SourceSpec]) -> list[str]:
+    """How the manifest's counts name each `--source`: its position and its spec, unique even for two
+    sources of the same KIND:PATH with other options (e.g. `0:coco:caps.json,captions=first`)."""
+    return [f"{i}:{spec.describe()}" for i, spec in enumerate(specs)]
 
 
 def _number(text: str, cast: Callable, flag: str, spec: str):
@@ -98,4 +109,4 @@ def open_source(spec: SourceSpec) -> Opened:
     return _adapters()[spec.kind](spec)
 
 
-__all__ = ["OPTIONS", "Opened", "Record", "SourceSpec", "open_source", "parse_spec"]
+__all__ = ["OPTIONS", "Opened", "Record", "SourceSpec", "open_source", "parse_spec", "source_labels"]

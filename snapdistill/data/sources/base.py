@@ -66,6 +66,8 @@ class Record:
     meta: dict = field(default_factory=dict)  # the source's metadata, kept in the output json
     fault: str | None = None             # set when the source already knows the record is unusable
     detail: str = ""                     # why, for rejects.jsonl
+    group: str | None = None             # records one source row fans out (COCO's captions=all) share it:
+                                         # duplicate-image filtering never drops one for another
 
 
 @dataclass

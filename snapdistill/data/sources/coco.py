@@ -46,12 +46,13 @@ def _records(data: dict, images: Path, per_caption: bool) -> Iterator[Record]:
         name = info.get("file_name") or f"{info['id']:012d}.jpg"
         meta = {k: info[k] for k in ("id", "file_name", "coco_url", "license") if k in info}
         chosen = anns if per_caption else anns[:1]
+        group = f"coco:{images.name}/{name}" if per_caption else None
         if not chosen:
             yield Record("coco", str(info["id"]), None, FileRef(str(images / name)), meta)
         for ann in chosen:
             key = f"{info['id']}_{ann['id']}" if per_caption else str(info["id"])
             yield Record("coco", key, ann.get("caption"), FileRef(str(images / name)),
-                         {**meta, "annotation_id": ann.get("id")})
+                         {**meta, "annotation_id": ann.get("id")}, group=group)
 
 
 def open_source(spec) -> Opened:

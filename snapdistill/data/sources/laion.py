@@ -16,6 +16,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from snapdistill.data.shards import member_name_problem
 from snapdistill.data.sources.base import (
     FileRef,
     Opened,
@@ -36,14 +37,25 @@ _SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key/extensio
 
 
 def scan_tar(path: Path) -> dict[str, dict]:
-    """img2dataset samples of one tar by key: image reference, caption text and json metadata."""
+    """img2dataset samples of one tar by key: image reference, caption text and json metadata.
+
+    A member whose name is absolute, climbs with `..` or holds a backslash or NUL marks its sample
+    `bad_key` (why, under "bad") and none of that sample's members is read.
+    """
     samples: dict[str, dict] = {}
     with tarfile.open(path) as tar:
         for member in tar:
-            match = _SPLIT.match(member.name)
-            if not member.isfile() or not match:
+            if not member.isfile():
                 continue
-            key, ext = match.groups()
+            problem = member_name_problem(member.name)
+            match = _SPLIT.match(member.name)
+            key, ext = match.groups() if match else (member.name, "")
+            if problem:
+                if "bad" not in samples.get(key, {}):  # the first bad member names the reason
+                    samples[key] = {"bad": f"{member.name}: {problem}"}
+                continue
+            if not match or "bad" in samples.get(key, {}):
+                continue
             sample = samples.setdefault(key, {})
             if ext in _IMAGE_EXT:
                 sample["image"] = TarRef(str(path), member.offset_data, member.size)
@@ -61,8 +73,13 @@ def _tar_records(tar: Path) -> Iterator[Record]:
     samples = scan_tar(tar)
     parquet = tar.with_suffix(".parquet")
     rows = parquet_rows(parquet) if parquet.is_file() else ({"key": k, "status": "success"} for k in samples)
+    listed = set()
     for row in rows:
         key = str(row.get("key"))
+        listed.add(key)
+        if "bad" in samples.get(key, {}):
+            yield Record("laion-art", key, None, None, _meta(row), fault="bad_key", detail=samples[key]["bad"])
+            continue
         if row.get("status", "success") != "success":
             detail = f"{row.get('status')}: {row.get('error_message') or ''}".strip()
             yield Record("laion-art", key, row.get("caption"), None, _meta(row), fault="download_failed", detail=detail)
@@ -74,6 +91,9 @@ def _tar_records(tar: Path) -> Iterator[Record]:
             yield Record("laion-art", key, caption, None, meta, fault="missing_file", detail=f"{tar}: no image for {key}")
             continue
         yield Record("laion-art", key, caption, sample["image"], meta)
+    for key, sample in samples.items():  # bad names the parquet does not list are still reported
+        if "bad" in sample and key not in listed:
+            yield Record("laion-art", key, None, None, {}, fault="bad_key", detail=sample["bad"])
 
 
 def _stats(folder: Path) -> dict:
