@@ -30,7 +30,9 @@ ROWS = {
     "guided16": ("guided", 16, 7.5, "dpmsolver++"),
     "direct8": ("direct8", None, 7.5, None),
     "direct4": ("direct4", None, 7.5, None),
-    "progressive8": ("progressive8", None, 7.5, None),
+    # With a guided (stage-1) teacher, one progressive round 16->8 is the direct loss: the same training, so the
+    # row samples direct8's student (see NOTES); progressive4 continues from it with one 8->4 round.
+    "progressive8": ("direct8", None, 7.5, None),
     "progressive4": ("progressive4", None, 7.5, None),
     "direct8_base": ("direct8-base", None, 7.5, None),
     # Block-removed 16->8 students (BK-SDM), one per --student-arch.
@@ -39,6 +41,28 @@ ROWS = {
     "arch_bk_tiny8": ("arch-bk-tiny8", None, 7.5, None),
 }
 REFERENCE = "teacher16_cfg"
+NOTES = {
+    "progressive8": "the direct8 student: with a teacher that takes w, progressive 16->8 (one round) is the direct "
+                    "loss, so the two routes are one training",
+    "direct8_base": "SnapFusion's route from the base teacher: unguided student, CFG at sampling (2 UNet rows/step)",
+}
+
+
+def training_budget(student: str) -> list[dict]:
+    """Every training stage behind a student folder, first stage first: run, steps, samples, seconds.
+
+    Follows each run's teacher input while it is another run's `student/` (stage 2 -> stage 1)."""
+    stages, folder = [], Path(student).parent
+    while (folder / "manifest.json").is_file():
+        m = json.loads((folder / "manifest.json").read_text())
+        stages.insert(0, {"run": folder.name, "stage": m["stage"], "steps": m["counts"]["steps"],
+                          "samples": m["counts"]["samples"], "train_seconds": round(m["metrics"]["train_seconds"], 1),
+                          "lr": m["config"]["common"]["train"]["lr"]})
+        teacher = Path(m["inputs"][0]["path"])
+        if teacher.name != "student":
+            break
+        folder = teacher.parent
+    return stages
 
 
 def _model_path(runs: Path, model: str) -> str | None:
@@ -120,6 +144,11 @@ def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
             "unet_calls": manifest["metrics"]["unet_calls_per_image"], "params": params,
             "n": summary["n"],
         }
+        if model != "toy":
+            rows[name]["training"] = training_budget(path)
+            rows[name]["train_samples"] = sum(stage["samples"] for stage in rows[name]["training"])
+        if name in NOTES:
+            rows[name]["note"] = NOTES[name]
         print(f"{name:>16}: fid {summary['fid']:.2f} acc {summary['acc']:.3f} exact {summary['exact']:.3f} "
               f"mse {float(mse.mean()):.5f} {s_img * 1000:.1f} ms/img", flush=True)
     return rows
@@ -156,9 +185,15 @@ def ratios(rows: dict) -> dict:
         "Q4_progressive": _ratio(rows, "progressive4", ref), "B4": _ratio(rows, "teacher4_cfg", ref),
         "Q8_base_route": _ratio(rows, "direct8_base", ref),
     }
-    baselines = [rows[k]["fid"] for k in ("teacher8_cfg", "guided8_dpm") if k in rows]
+    baselines = [k for k in ("teacher8_cfg", "guided8_dpm") if k in rows]
     if baselines and ref in rows:
-        out["D8"] = min(baselines) / rows[ref]["fid"]
+        out["D8"] = min(rows[k]["fid"] for k in baselines) / rows[ref]["fid"]
+        if "direct8" in rows:  # the 8-step student against every training-free 8-step baseline, on each figure
+            d8 = rows["direct8"]
+            out["Q8_beats_D8"] = float(all(d8["fid"] < rows[k]["fid"] and d8["exact"] > rows[k]["exact"]
+                                           and d8["mse_vs_ref"] < rows[k]["mse_vs_ref"] for k in baselines))
+    if "direct4" in rows and "teacher8_cfg" in rows:
+        out["Q4_beats_B8"] = float(rows["direct4"]["fid"] < rows["teacher8_cfg"]["fid"])
     if "direct8" in rows and ref in rows:
         out["S"] = rows[ref]["s_per_image"] / rows["direct8"]["s_per_image"]
     return {k: v for k, v in out.items() if v is not None}

@@ -126,10 +126,16 @@ def _pyplot():
     return plt
 
 
+def _cost(row: dict) -> float:
+    """What a row's image cost: UNet evaluations per image (what users pay for), else its step count."""
+    return row.get("unet_calls_per_image") or row["steps"]
+
+
 def plot_quality_vs_steps(rows: list[dict], path: Path) -> bool:
-    """One panel per available metric: value against steps, one line per model (and guidance)."""
+    """One panel per available metric: value against UNet calls per image (a teacher's CFG step costs two, a
+    guided student's one), one line per model (and guidance)."""
     names = [n for n in QUALITY if any(_BY_NAME[n](r) is not None for r in rows)]
-    if not names or len({r["steps"] for r in rows}) < 2:
+    if not names or len({_cost(r) for r in rows}) < 2:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False)
@@ -141,9 +147,9 @@ def plot_quality_vs_steps(rows: list[dict], path: Path) -> bool:
         for (label, g), pts in lines.items():
             pts = [p for p in pts if _BY_NAME[name](p) is not None]
             if pts:
-                ax.plot([p["steps"] for p in pts], [_BY_NAME[name](p) for p in pts], "o-",
+                ax.plot([_cost(p) for p in pts], [_BY_NAME[name](p) for p in pts], "o-",
                         label=f"{label} (w={g:g})" if several_g else label)
-        ax.set(xlabel="steps", title=name)
+        ax.set(xlabel="UNet calls per image", title=name)
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -218,7 +224,7 @@ def write_plots(rows: list[dict], grid: list[tuple[str, Path, list[dict]]], out:
     main = [r for r in rows if not r.get("sweep")]
     made = {}
     if plot_quality_vs_steps(main, out / "quality_vs_steps.png"):
-        made["quality vs steps"] = "quality_vs_steps.png"
+        made["quality vs UNet calls per image"] = "quality_vs_steps.png"
     if plot_tradeoff(rows, out / "guidance_tradeoff.png"):
         made["FID-CLIP trade-off over guidance"] = "guidance_tradeoff.png"
     if image_grid(grid, out / "grid.png", grid_images):

@@ -1,0 +1,33 @@
+"""The bench's bookkeeping: training budgets followed through stages, and the 'beats' figures."""
+
+import json
+
+from snapdistill.bench.toy import ratios, training_budget
+
+
+def _run(folder, stage, steps, teacher):
+    (folder / "student").mkdir(parents=True)
+    manifest = {"stage": stage, "counts": {"steps": steps, "samples": steps * 32},
+                "metrics": {"train_seconds": 12.34}, "config": {"common": {"train": {"lr": 3e-4}}},
+                "inputs": [{"path": str(teacher)}, {"path": "shards"}]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_training_budget_follows_the_teacher_chain(tmp_path):
+    _run(tmp_path / "guided", "distill-guidance", 1200, "/weights/toy")
+    _run(tmp_path / "direct8", "distill-steps", 500, tmp_path / "guided" / "student")
+    stages = training_budget(str(tmp_path / "direct8" / "student"))
+    assert [(s["run"], s["steps"], s["samples"]) for s in stages] == [("guided", 1200, 38400), ("direct8", 500, 16000)]
+
+
+def _row(fid, exact, mse):
+    return {"fid": fid, "exact": exact, "mse_vs_ref": mse, "s_per_image": 1.0}
+
+
+def test_q8_beats_d8_only_on_every_figure():
+    rows = {"teacher16_cfg": _row(400, 0.97, 0), "teacher8_cfg": _row(560, 0.85, 0.0028),
+            "guided8_dpm": _row(740, 0.75, 0.0053), "direct8": _row(420, 0.96, 0.0015)}
+    out = ratios(rows)
+    assert out["D8"] == 560 / 400 and out["Q8"] == 420 / 400 and out["Q8_beats_D8"] == 1.0
+    rows["direct8"] = _row(420, 0.80, 0.0015)  # better FID, worse exact: no
+    assert ratios(rows)["Q8_beats_D8"] == 0.0
