@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
@@ -42,7 +45,7 @@ from snapdistill.cli.options import (
 def _common(args: dict):
     """The CommonConfig (and its TrainConfig) of a command: its arguments named like their fields.
 
-    Both commands pass `locals()`, so the shared options are listed once per signature and nowhere else.
+    Both commands pass their own arguments and the shared ones (`training_command`), named like the fields.
     """
     from snapdistill.distill.loop import TrainConfig
     from snapdistill.distill.stage import CommonConfig
@@ -53,22 +56,7 @@ def _common(args: dict):
     return CommonConfig(train=train, **{k: v for k, v in args.items() if k in common_keys})
 
 
-def _launch(config, stage_run, dry_run: bool) -> None:
-    if checked_dry_run(config, dry_run):
-        return
-    manifest = stage_run(config)
-    if manifest is not None:
-        typer.echo(f"student written to {Path(config.common.out) / 'student'} ({manifest})")
-
-
-@app.command("distill-guidance")
-def distill_guidance(
-    teacher: Teacher = "toy",
-    shards: Shards = Path("runs/toy/shards"),
-    out: Out = Path("runs/guided"),
-    guidance_range: Annotated[str, typer.Option("--guidance-range", help="s ~ U(LOW, HIGH) per sample.")] = "2-14",
-    cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of the student.")] = 256,
-    loss_space: Annotated[str, typer.Option("--loss-space", help="eps, x0 (max(SNR,1) weighted) or v.")] = "eps",
+def _training_options(
     student_prediction: StudentPrediction = "same",
     student_arch: StudentArch = "same",
     feat_weight: FeatWeight = None,
@@ -92,6 +80,48 @@ def distill_guidance(
     overwrite: Overwrite = False,
     dry_run: DryRun = False,
 ) -> None:
+    """The options both distillation commands take, listed once; `training_command` adds them to each."""
+
+
+def training_command(command):
+    """`command` with `_training_options`' parameters appended to its own.
+
+    Typer reads a command's options from `__signature__` and `__annotations__`, so the shared options are
+    declared once (above) and reach the command as `**shared`.
+    """
+    def params(fn) -> list[inspect.Parameter]:  # with their annotations evaluated (this module has lazy ones)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        return [p.replace(annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values()
+                if p.kind is not p.VAR_KEYWORD]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature([*params(command), *params(_training_options)])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
+
+
+def _launch(config, stage_run, dry_run: bool) -> None:
+    if checked_dry_run(config, dry_run):
+        return
+    manifest = stage_run(config)
+    if manifest is not None:
+        typer.echo(f"student written to {Path(config.common.out) / 'student'} ({manifest})")
+
+
+@app.command("distill-guidance")
+@training_command
+def distill_guidance(
+    teacher: Teacher = "toy",
+    shards: Shards = Path("runs/toy/shards"),
+    out: Out = Path("runs/guided"),
+    guidance_range: Annotated[str, typer.Option("--guidance-range", help="s ~ U(LOW, HIGH) per sample.")] = "2-14",
+    cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of the student.")] = 256,
+    loss_space: Annotated[str, typer.Option("--loss-space", help="eps, x0 (max(SNR,1) weighted) or v.")] = "eps",
+    **shared,
+) -> None:
     """Stage 1: a w-conditioned student learns the teacher's guided output in one UNet pass.
 
     Examples:
@@ -102,15 +132,16 @@ def distill_guidance(
 
       snapdistill distill-guidance --out runs/guided --resume latest
     """
-    common = _common(locals())
+    common = _common({**locals(), **shared})
     from snapdistill.distill import guidance_stage as stage
 
     config = stage.GuidanceConfig(common=common, guidance_range=parse_range(guidance_range, "--guidance-range"),
                                   cond_dim=cond_dim, loss_space=loss_space)
-    _launch(config, stage.run, dry_run)
+    _launch(config, stage.run, shared["dry_run"])
 
 
 @app.command("distill-steps")
+@training_command
 def distill_steps(
     teacher: Teacher = "toy",
     shards: Shards = Path("runs/toy/shards"),
@@ -131,28 +162,7 @@ def distill_steps(
     teacher_substeps: Annotated[int, typer.Option(
         "--teacher-substeps", help="DDIM substeps per teacher step in the landing target (1: the teacher's own "
                                    "N-step trajectory; more: closer to its ODE, at that many times the teacher calls).")] = 2,
-    student_prediction: StudentPrediction = "same",
-    student_arch: StudentArch = "same",
-    feat_weight: FeatWeight = None,
-    out_weight: OutWeight = 1.0,
-    max_steps: MaxSteps = 500,
-    max_minutes: MaxMinutes = None,
-    batch_size: BatchSize = 16,
-    grad_accum: GradAccum = 1,
-    lr: LearningRate = None,
-    warmup_steps: Warmup = 20,
-    ema_decay: EmaDecay = 0.999,
-    mixed_precision: MixedPrecision = "no",
-    gradient_checkpointing: GradCheckpointing = False,
-    checkpoint_every: CheckpointEvery = 100,
-    validate_every: ValidateEvery = 0,
-    caption_dropout: CaptionDropout = 0.1,
-    seed: Seed = 0,
-    device: Device = None,
-    allow_download: AllowDownload = False,
-    resume: Resume = None,
-    overwrite: Overwrite = False,
-    dry_run: DryRun = False,
+    **shared,
 ) -> None:
     """Stage 2: a student takes one step where its teacher took N/M (teacher: a base model or a stage-1 student).
 
@@ -166,11 +176,11 @@ def distill_steps(
 
       snapdistill distill-steps --teacher runs/guided/student --from 16 --to 8 --student-arch bk-small --out runs/small8
     """
-    common = _common(locals())
+    common = _common({**locals(), **shared})
     from snapdistill.distill import steps_stage as stage
 
     config = stage.StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                                target_space=target_space, cfg_prob=cfg_prob,
                                cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
                                embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps)
-    _launch(config, stage.run, dry_run)
+    _launch(config, stage.run, shared["dry_run"])

@@ -144,8 +144,10 @@ def pil_to_bgr(image: Image.Image) -> np.ndarray:
 
 
 def square_resize(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square, then resize to `size` (INTER_AREA down, INTER_CUBIC up).
+    """Centre-crop to a square (offset (side difference) // 2), then resize to `size` (INTER_AREA down,
+    INTER_CUBIC up).
 
+    The one resize-and-crop of the project: build-data, the training data and FID's reference images all use it.
     Cropping first is the same as resizing the short side and then cropping, but resizes fewer pixels.
     """
     h, w = pixels.shape[:2]

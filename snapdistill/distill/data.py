@@ -36,18 +36,10 @@ def find_shards(folder: Path) -> list[str]:
 
 
 def _to_tensor(image, size: int) -> torch.Tensor:
-    """PIL image -> [3, size, size] in [−1, 1]: short side resized to `size`, centre-cropped."""
-    from PIL import Image
+    """PIL image -> [3, size, size] in [−1, 1], centre-cropped and resized as build-data does (`square_resize`)."""
+    from snapdistill.data.images import square_resize
 
-    image = image.convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        w, h = image.size
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    array = square_resize(np.asarray(image.convert("RGB")), size).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
 
 

@@ -28,7 +28,7 @@ from snapdistill.manifest import atomic_write_bytes
 FID_RELIABLE_MIN = 2000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # How reference images are brought to the generated size; part of the cache key.
-REFERENCE_PREP = "shorter-side-bicubic+centre-crop"
+REFERENCE_PREP = "centre-crop+resize (area down, cubic up)"  # part of the cache key: caches of another prep miss
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
@@ -63,15 +63,12 @@ def reference_files(folder: Path, limit: int | None = None) -> list[Path]:
 
 
 def reference_image(path: Path, size: int) -> np.ndarray:
-    """A reference image as generated ones are shaped: shorter side to `size` (bicubic), centre crop; uint8 HWC."""
+    """A reference image as generated ones are shaped: centre crop, resized to `size` as build-data does
+    (`square_resize`); uint8 HWC RGB."""
+    from snapdistill.data.images import square_resize
+
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    return np.asarray(im.crop((left, top, left + size, top + size)))
+        return square_resize(np.asarray(im.convert("RGB")), size)
 
 
 def to_uint8_batch(images: Iterable) -> torch.Tensor:
