@@ -15,6 +15,10 @@ from snapdistill.errors import SnapdistillError
 # An input: one path, several (a repeatable flag), or None (not given).
 Inputs = Mapping[str, Path | str | Iterable[Path | str] | None]
 
+# The folders this process prepared, newest last: a write that fails without naming its file (a full disk met
+# inside a tar or torch writer) is reported against the stage's output folder.
+prepared: list[Path] = []
+
 
 def _paths(value) -> list[Path]:
     if value is None:
@@ -63,4 +67,5 @@ def prepare_out(out: Path, inputs: Inputs | None = None, *, flag: str = "--out",
             probe.unlink()
         except OSError as e:
             raise SnapdistillError(f"{out}: output folder is not writable ({e.strerror or e}); choose another {flag}") from e
+    prepared.append(out)
     return out

@@ -141,7 +141,8 @@ def test_resume_after_a_crash_gives_identical_shards(tmp_path, faulty, monkeypat
     with pytest.raises(KeyboardInterrupt):
         build.run(config(faulty, out, **extra), scorer=scorer)
     monkeypatch.setattr(shards.ShardFile, "write", real_write)
-    assert sorted(p.name for p in out.iterdir() if "shard" in p.name) == ["shard-000000.tar", "shard-000001.tar.tmp"]
+    # The half-written second shard is deleted on the way out (a SIGKILL leaves it: the resume deletes it).
+    assert sorted(p.name for p in out.iterdir() if "shard" in p.name) == ["shard-000000.tar"]
     assert not (out / "manifest.json").exists()
     (out / "shard-000004.tar").write_bytes(b"half-written leftover")  # not in progress.jsonl: redone
 
@@ -159,6 +160,36 @@ def test_resume_after_a_crash_gives_identical_shards(tmp_path, faulty, monkeypat
     else:
         # With HPS the chunk holding the resume point is replayed, so its scoring batch is unchanged.
         assert processed[0] == "0-good00"
+
+
+def test_a_resumed_toy_build_draws_only_the_records_after_its_last_shard(tmp_path, monkeypatch):
+    """Finished records are skipped by their position in the stream (progress.jsonl), never drawn or decoded
+    again: the toy stream carries captions and numbers, and images are drawn where they are loaded."""
+    from snapdistill.toy import world
+
+    def toy(out):
+        return build.BuildConfig(sources=[parse_spec("toy:96")], out=out, resolution=32, shard_size=32,
+                                 progress=False)
+
+    build.run(toy(tmp_path / "ref"))
+    real_write, calls = shards.ShardFile.write, {"n": 0}
+
+    def crashing_write(self, sample):
+        calls["n"] += 1
+        if calls["n"] == 40:  # one shard of 32 finished, the second part-written
+            raise KeyboardInterrupt("killed")
+        real_write(self, sample)
+
+    monkeypatch.setattr(shards.ShardFile, "write", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        build.run(toy(tmp_path / "out"))
+    monkeypatch.setattr(shards.ShardFile, "write", real_write)
+    drawn = []
+    real_image = world.toy_image
+    monkeypatch.setattr(world, "toy_image", lambda split, i, seed=0: drawn.append(i) or real_image(split, i, seed=seed))
+    build.run(toy(tmp_path / "out"))
+    assert drawn == list(range(32, 96))
+    assert files(tmp_path / "out") == files(tmp_path / "ref") and len(files(tmp_path / "ref")) == 4
 
 
 def test_hps_threshold_uses_the_scorer_and_records_scores(tmp_path, faulty):

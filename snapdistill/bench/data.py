@@ -14,7 +14,8 @@ stripes, hard-edged shapes, text) are resized to 512. Figures, each timed in thi
 * `*_cpu` ratios: the same from one process's CPU time, steadier than the wall clock while other
   jobs share the cores (`load_avg_1m` records how busy the machine was).
 
-Each figure is the best of `repeats` interleaved passes, since the machine may be shared.
+Each figure is the best of `repeats` interleaved passes, since the machine may be shared; `passes` gives the goal
+ratios of every pass as min/median/max.
 """
 
 from __future__ import annotations
@@ -142,6 +143,14 @@ def reduced_psnr(paths: list[Path]) -> tuple[float, float, float]:
     return float(np.mean(values)), float(np.percentile(values, 5)), float(np.min(values))
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """min, median and max of `values`, rounded, with their count."""
+    import statistics
+
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3), "n": len(values)}
+
+
 def bench_data(workdir: Path, *, n: int = 1000, repeats: int = 3) -> dict:
     """Measure everything above in `workdir`; returns the `data` section of bench.json."""
     workdir = Path(workdir)
@@ -156,13 +165,23 @@ def bench_data(workdir: Path, *, n: int = 1000, repeats: int = 3) -> dict:
         "build_data_1w_reduced": lambda: build_rps(src, out, workers=1, reduced=True, n=n),
         "build_data_2w_reduced": lambda: build_rps(src, out, workers=2, reduced=True, n=n),
     }
+    passes: list[dict[str, float]] = []
     for _ in range(repeats):  # interleaved, so a busy spell on a shared machine hits every figure alike
+        passes.append({})
         for name, fn in runs.items():
             wall, cpu = fn()
+            passes[-1][name] = wall
             best[name] = max(best.get(name, 0.0), wall)
             best[name + "_cpu"] = max(best.get(name + "_cpu", 0.0), cpu)
     mean_psnr, p05_psnr, min_psnr = reduced_psnr(paths)
     return {
+        # The goal ratios of each pass (numerator and denominator timed back to back), as min/median/max: the
+        # spread says how far one figure can be trusted on this machine.
+        "passes": {
+            "scaling_2w": spread([p["build_data_2w"] / p["build_data_1w"] for p in passes]),
+            "reduced_speedup": spread([p["build_data_1w_reduced"] / p["bare_loop"] for p in passes]),
+            "overhead": spread([p["build_data_1w"] / p["bare_loop"] for p in passes]),
+        },
         "bare_loop_rps": round(best["bare_loop"], 1),
         "build_data_rps_1w": round(best["build_data_1w"], 1),
         "build_data_rps_2w": round(best["build_data_2w"], 1),

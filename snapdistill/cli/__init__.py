@@ -12,7 +12,7 @@ import sys
 import typer
 
 from snapdistill import __version__
-from snapdistill.errors import SnapdistillError
+from snapdistill.errors import SnapdistillError, storage_message
 
 app = typer.Typer(
     name="snapdistill",
@@ -68,7 +68,8 @@ _register()
 
 
 def main() -> None:
-    """Entry point: run the app, turning known errors into one line and exit code 2."""
+    """Entry point: run the app, turning known errors (and failed writes: a full disk, a read-only folder) into
+    one line and exit code 2."""
     try:
         app()  # standalone: click reports usage errors itself (exit 2)
     except SnapdistillError as e:
@@ -76,3 +77,11 @@ def main() -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a failed write
+        from snapdistill.outdir import prepared
+
+        message = storage_message(e, prepared[-1] if prepared else None)
+        if message is None or os.environ.get("SNAPDISTILL_DEBUG"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(SnapdistillError.exit_code)

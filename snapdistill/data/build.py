@@ -294,12 +294,17 @@ def _process(run: _Run, config: BuildConfig, opened: list[Opened], pool) -> None
     with _progress(config.progress) as bar:
         results = ordered_map(process_chunk, chunks(entries(config, opened), start), pool, config.workers, (pcfg,))
         task = bar.add_task("build", total=None, rate=0.0, written=0, rejects="")
-        for chunk, outcomes in results:
-            run.handle(chunk, outcomes)
-            rate = run.fresh / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=run.tally.data["seen"], rate=rate, written=run.tally.data["written"],
-                       rejects=run.tally.summary())
-    run.close_shard(run.next_input + run.fresh)
+        try:
+            for chunk, outcomes in results:
+                run.handle(chunk, outcomes)
+                rate = run.fresh / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=run.tally.data["seen"], rate=rate, written=run.tally.data["written"],
+                           rejects=run.tally.summary())
+            run.close_shard(run.next_input + run.fresh)
+        except BaseException:  # a full disk or an interrupt: no half-written shard left taking space
+            if run.shard is not None:
+                run.shard.abort()
+            raise
     run.rejects.close()
 
 

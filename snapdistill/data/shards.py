@@ -81,9 +81,12 @@ class ShardFile:
         return self.path.stat().st_size
 
     def abort(self) -> None:
-        """Drop the unfinished shard: close and delete its temporary file."""
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        """Drop the unfinished shard: close and delete its temporary file (deleted even when closing fails, as it
+        does on a full disk when the close flushes)."""
+        try:
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def append_line(path: Path, entry: dict) -> None:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from snapdistill.data import images as im
 from snapdistill.data.filters import RECORD_CHECKS, SIZE_CHECKS, FilterConfig, first_reason
-from snapdistill.data.sources.base import PILRef, Record
+from snapdistill.data.sources.base import PILRef, Record, ToyRef
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Outcome:
 
 def _load(rec: Record) -> tuple[bytes | None, object]:
     """(bytes, None) for files and tar members, (None, PIL image) for in-memory images."""
-    if isinstance(rec.image, PILRef):
+    if isinstance(rec.image, (PILRef, ToyRef)):
         return None, rec.image.load()
     return rec.image.load(), None
 

@@ -145,13 +145,19 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
         tmp = root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, tmp / MODEL)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-        if ema is not None:
-            torch.save(ema.state_dict(), tmp / EMA)
-        if accelerator.scaler is not None:  # fp16 loss scaling
-            torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
-        atomic_write_text(tmp / TRAINER, json.dumps({"step": step, "consumed": consumed}) + "\n")
+        _check_space(tmp, accelerator.unwrap_model(model), ema)
+        try:
+            save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()},
+                      tmp / MODEL)
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            if ema is not None:
+                torch.save(ema.state_dict(), tmp / EMA)
+            if accelerator.scaler is not None:  # fp16 loss scaling
+                torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
+            atomic_write_text(tmp / TRAINER, json.dumps({"step": step, "consumed": consumed}) + "\n")
+        except BaseException:  # a full disk: free what was written; the previous checkpoint stays the latest
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         final = root / name
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -160,6 +166,24 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return root / name
+
+
+def checkpoint_bytes(model: torch.nn.Module, ema: bool) -> int:
+    """About what one checkpoint takes on disk: the weights, AdamW's two moments and the EMA copy."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights * (3 + int(ema))
+
+
+def _check_space(folder: Path, model: torch.nn.Module, ema) -> None:
+    """Refuse to start a checkpoint the disk cannot hold, in one line naming the folder and the space needed
+    (a write that fails half-way is also reported in one line, by the CLI; this says how much to free)."""
+    need = checkpoint_bytes(model, ema is not None)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SnapdistillError(f"{folder.parent}: a checkpoint needs about {need / 2**20:.1f} MB and the disk has "
+                               f"{free / 2**20:.1f} MB free; free some space there or choose another --out, then "
+                               f"rerun with --resume latest")
 
 
 def _load_checkpoint(path: Path, accelerator, model, optimizer, ema) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """The `sample` stage: render prompts with a teacher or student pipeline into an image folder.
 
 Every image depends only on (prompt, seed): each gets its own CPU `torch.Generator`, so batch size,
-device and the number of processes never change it. Outputs are named by prompt index and seed, a
+device and the number of processes never change its noise (batched float kernels may still move a pixel by
+one grey level between batch sizes; see README). Outputs are named by prompt index and seed, a
 rerun skips images already present, and `manifest.json` is written last.
 """
 
@@ -90,8 +91,12 @@ def save_image(path: Path, pixels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fmt = "JPEG" if path.suffix == ".jpg" else "PNG"
-    Image.fromarray(pixels).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(pixels).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_grid(paths: list[Path], out: Path, columns: int = 4) -> None:

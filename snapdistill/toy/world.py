@@ -171,13 +171,23 @@ def _item_seed(split: str, seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def toy_caption(split: str, index: int, *, seed: int = 0) -> tuple[str, dict[str, str]]:
+    """Item `index` of a split without its image: (caption, attributes)."""
+    caps = split_captions(split)
+    caption = caps[_item_seed(split, seed, index) % len(caps)]
+    return caption, parse_caption(caption)
+
+
+def toy_image(split: str, index: int, *, seed: int = 0) -> Image.Image:
+    """Item `index`'s image alone (the one `toy_pair` returns)."""
+    _, attrs = toy_caption(split, index, seed=seed)
+    return render(attrs, seed=_item_seed(split, seed, index))
+
+
 def toy_pair(split: str, index: int, *, seed: int = 0) -> tuple[Image.Image, str, dict[str, str]]:
     """Item `index` of a split: (image, caption, attributes); it depends only on (split, seed, index)."""
-    item = _item_seed(split, seed, index)
-    caps = split_captions(split)
-    caption = caps[item % len(caps)]
-    attrs = parse_caption(caption)
-    return render(attrs, seed=item), caption, attrs
+    caption, attrs = toy_caption(split, index, seed=seed)
+    return render(attrs, seed=_item_seed(split, seed, index)), caption, attrs
 
 
 def toy_pairs(

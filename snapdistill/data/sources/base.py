@@ -55,6 +55,21 @@ class PILRef:
         return self.image
 
 
+@dataclass(frozen=True)
+class ToyRef:
+    """A toy-world image, drawn where it is loaded (in a worker): the stream itself holds only its number, so
+    skipping finished records on a resume costs nothing and drawing scales with `--workers`."""
+
+    split: str
+    index: int
+    seed: int
+
+    def load(self):
+        from snapdistill.toy.world import toy_image
+
+        return toy_image(self.split, self.index, seed=self.seed)
+
+
 @dataclass
 class Record:
     """One image–text pair as a source sees it, before any filtering."""
@@ -62,7 +77,7 @@ class Record:
     source: str                          # source kind, e.g. "coco"
     key: str                             # the source's own key (file stem, image id...)
     caption: str | None
-    image: FileRef | TarRef | PILRef | None
+    image: FileRef | TarRef | PILRef | ToyRef | None
     meta: dict = field(default_factory=dict)  # the source's metadata, kept in the output json
     fault: str | None = None             # set when the source already knows the record is unusable
     detail: str = ""                     # why, for rejects.jsonl

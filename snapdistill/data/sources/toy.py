@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from snapdistill.data.sources.base import Opened, PILRef, Record
+from snapdistill.data.sources.base import Opened, Record, ToyRef
 from snapdistill.errors import SnapdistillError
 
 
 def _records(split: str, n: int, seed: int) -> Iterator[Record]:
-    from snapdistill.toy.world import toy_pairs
+    from snapdistill.toy.world import toy_caption
 
-    for i, (image, caption, attrs) in enumerate(toy_pairs(split, n, seed=seed)):
-        yield Record("toy", f"{split}-{seed}-{i:07d}", caption, PILRef(image), {"attributes": attrs})
+    for i in range(n):  # the image is drawn where it is loaded: the stream carries captions and numbers only
+        caption, attrs = toy_caption(split, i, seed=seed)
+        yield Record("toy", f"{split}-{seed}-{i:07d}", caption, ToyRef(split, i, seed), {"attributes": attrs})
 
 
 def open_source(spec) -> Opened:
