@@ -94,8 +94,11 @@ def test_saved_scheduler_timesteps_are_lcm_schedulers(tmp_path, steps, n):
     config; every one is a training grid point."""
     from diffusers import LCMScheduler
 
-    ours = lcm_scheduler(dict(SD_SCHEDULER_CONFIG), num_ddim_timesteps=n, prediction_type="epsilon")
+    teacher_config = dict(SD_SCHEDULER_CONFIG, algorithm_type="dpmsolver++", solver_order=2)  # a DPM-Solver teacher's
+    ours = lcm_scheduler(teacher_config, num_ddim_timesteps=n, prediction_type="epsilon")
     ours.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "scheduler_config.json").read_text())
+    assert "algorithm_type" not in saved and saved["original_inference_steps"] == n and saved["clip_sample"] is False
     loaded = LCMScheduler.from_pretrained(tmp_path)
     stock = LCMScheduler(**SD_SCHEDULER_CONFIG, original_inference_steps=n)
     stock.set_timesteps(steps)
@@ -258,3 +261,16 @@ def test_bad_input_is_one_line_before_the_teacher_loads(cli, tmp_path, tiny_eps_
 def test_consistency_flags_without_the_mode_are_refused(cli, tmp_path, test_shards):
     code, _, err = cli("distill-steps", "--shards", test_shards, "--out", tmp_path / "o", "--loss", "l2")
     assert code == 2 and "need --mode consistency" in err and err.count("\n") == 1
+
+
+def test_step_distillation_flags_without_effect_are_named(cli, tmp_path, tiny_eps_dir, test_shards, monkeypatch):
+    from snapdistill.distill import stage as common_stage
+    from snapdistill.errors import SnapdistillError
+
+    def no_load(*a, **k):
+        raise SnapdistillError("stopped before loading")
+
+    monkeypatch.setattr(common_stage, "load_pipeline", no_load)
+    code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, test_shards, "--teacher-substeps", 4)
+    assert code == 2 and err.splitlines() == ["warning: --teacher-substeps has no effect with --mode consistency",
+                                              "error: stopped before loading"], err

@@ -139,9 +139,14 @@ def lcm_scheduler(teacher_config: Mapping, *, num_ddim_timesteps: int, predictio
     """The scheduler saved with a consistency student: diffusers' `LCMScheduler` on the teacher's training
     schedule, with N = `original_inference_steps` and the boundary scalings trained with. Latents are never
     clipped."""
+    import inspect
+
     from diffusers import LCMScheduler
 
-    return LCMScheduler.from_config(dict(teacher_config), original_inference_steps=num_ddim_timesteps,
+    # Only LCMScheduler's own keys: a DPM-Solver teacher's solver settings would be carried along unread.
+    known = inspect.signature(LCMScheduler.__init__).parameters
+    config = {k: v for k, v in teacher_config.items() if k in known}
+    return LCMScheduler.from_config(config, original_inference_steps=num_ddim_timesteps,
                                     prediction_type=prediction_type, timestep_scaling=TIMESTEP_SCALING,
                                     clip_sample=False, thresholding=False)
 

@@ -15,10 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapdistill.distill.consistency_stage import ConsistencyConfig
-
 from snapdistill.diffusion import DiffusionModel
 from snapdistill.dist import process_state
+from snapdistill.distill.consistency_stage import ConsistencyConfig
 from snapdistill.distill.features import with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
 from snapdistill.distill.guided import Guided, StudentKind
@@ -200,12 +199,12 @@ def run(config: StepsConfig) -> Path | None:
     """Train every round, save `student/` (the last round's), write the manifest."""
     config.check()
     common = config.common
+    for line in ignored_flags(config, teacher_unet_config(common).get("time_cond_proj_dim")):
+        print(f"warning: {line}", file=sys.stderr)
     if config.mode == "consistency":
         from snapdistill.distill import consistency_stage
 
         return consistency_stage.run(config)
-    for line in ignored_flags(config, teacher_unet_config(common).get("time_cond_proj_dim")):
-        print(f"warning: {line}", file=sys.stderr)
     teacher = load_teacher(common)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)
