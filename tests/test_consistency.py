@@ -274,3 +274,28 @@ def test_step_distillation_flags_without_effect_are_named(cli, tmp_path, tiny_ep
     code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, test_shards, "--teacher-substeps", 4)
     assert code == 2 and err.splitlines() == ["warning: --teacher-substeps has no effect with --mode consistency",
                                               "error: stopped before loading"], err
+
+
+def test_from_a_stage1_student_the_student_copies_its_w_input(cli, tmp_path, test_shards, monkeypatch):
+    """A teacher that takes w: its student is a copy (same time_cond_proj_dim, --cond-dim unused), and every UNet
+    call in training (online, teacher, target) runs on the batch itself with w embedded, never on [uncond; cond]."""
+    from snapdistill.diffusion.teacher import DiffusionModel as Model
+    from snapdistill.models.tiny import save_tiny_pipeline
+
+    teacher = save_tiny_pipeline(tmp_path / "w-teacher", time_cond_proj_dim=16)
+    calls = []
+    real = Model.raw_output
+
+    def counted(self, z, t, encoder_hidden_states, *, timestep_cond=None):
+        calls.append((z.shape[0], timestep_cond is not None))
+        return real(self, z, t, encoder_hidden_states, timestep_cond=timestep_cond)
+
+    monkeypatch.setattr(Model, "raw_output", counted)
+    code, _, err = cli("distill-steps", "--mode", "consistency", "--teacher", teacher, "--shards", test_shards,
+                       "--out", tmp_path / "o", "--to", 2, "--num-ddim-timesteps", 4, "--batch-size", 2,
+                       "--max-steps", 1, "--cond-dim", 64)
+    assert code == 0, err
+    assert "--cond-dim has no effect: the teacher already takes w" in err
+    unet_config = json.loads((tmp_path / "o" / "student" / "unet" / "config.json").read_text())
+    assert unet_config["time_cond_proj_dim"] == 16
+    assert calls[:3] == [(2, True)] * 3
