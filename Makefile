@@ -40,7 +40,7 @@ lint: install
 # 16->4 student is a bench row only: reproduce shows 4 steps through progressive4 and keeps its 15 minutes.
 R := $(RUNS)/$(PROFILE)
 STUDENTS := direct8 progressive4 direct8-base
-BENCH_STUDENTS := $(STUDENTS) direct4
+BENCH_STUDENTS := $(STUDENTS) direct4 consistency consistency-base
 SAMPLE_RUNS := teacher20 teacher16 teacher8 guided16 $(STUDENTS)
 
 ifeq ($(PROFILE),toy)
@@ -134,6 +134,16 @@ $(R)/progressive4/manifest.json: $(R)/direct8/manifest.json
 $(R)/direct8-base/manifest.json: $(R)/shards-clean/manifest.json
 	$(SD) distill-steps --teacher $(TEACHER) --shards $(R)/shards-clean --from 16 --to 8 --mode direct \
 		--max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/direct8-base
+
+# Latent consistency students for the bench (sampled at 2, 4 and 8 steps): from the stage-1 student, and from the
+# base teacher on the budget of both stages together.
+$(R)/consistency/manifest.json: $(R)/guided/manifest.json
+	$(SD) distill-steps --mode consistency --teacher $(R)/guided/student --shards $(R)/shards-clean --to 8 \
+		--max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/consistency
+
+$(R)/consistency-base/manifest.json: $(R)/shards-clean/manifest.json
+	$(SD) distill-steps --mode consistency --teacher $(TEACHER) --shards $(R)/shards-clean --to 8 \
+		--max-steps $$(($(GUIDED_STEPS) + $(STEPS_STEPS))) $(TRAIN_FLAGS) --overwrite --out $(R)/consistency-base
 
 # Block-removed students for the bench: the 16->8 direct student with output- and feature-level KD.
 define ARCH_RULE

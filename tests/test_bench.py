@@ -31,3 +31,15 @@ def test_q8_beats_d8_only_on_every_figure():
     assert out["D8"] == 560 / 400 and out["Q8"] == 420 / 400 and out["Q8_beats_D8"] == 1.0
     rows["direct8"] = _row(420, 0.80, 0.0015)  # better FID, worse exact: no
     assert ratios(rows)["Q8_beats_D8"] == 0.0
+
+
+def test_consistency_rows_sample_one_run_at_2_4_8_and_their_ratios():
+    from snapdistill.bench.toy import ROWS
+
+    assert {n: ROWS[n][:2] for n in ("consistency2", "consistency4", "consistency8")} == {
+        "consistency2": ("consistency", 2), "consistency4": ("consistency", 4), "consistency8": ("consistency", 8)}
+    rows = {"teacher16_cfg": _row(400, 0.97, 0), "consistency4": _row(500, 0.9, 0.003),
+            "consistency8": _row(450, 0.9, 0.002), "consistency_base4": _row(600, 0.8, 0.004)}
+    out = ratios(rows)
+    assert (out["Q4_consistency"], out["Q8_consistency"], out["Q4_consistency_base"]) == (1.25, 1.125, 1.5)
+    assert "Q8_consistency_base" not in out  # a row that was not built gives no figure

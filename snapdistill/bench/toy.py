@@ -39,6 +39,13 @@ ROWS = {
     "arch_bk_base8": ("arch-bk-base8", None, 7.5, None),
     "arch_bk_small8": ("arch-bk-small8", None, 7.5, None),
     "arch_bk_tiny8": ("arch-bk-tiny8", None, 7.5, None),
+    # Latent consistency students, each one run sampled by its LCMScheduler at 2, 4 and 8 steps: from the stage-1
+    # student, and from the base teacher on the budget of both stages.
+    "consistency2": ("consistency", 2, 7.5, None),
+    "consistency4": ("consistency", 4, 7.5, None),
+    "consistency8": ("consistency", 8, 7.5, None),
+    "consistency_base4": ("consistency-base", 4, 7.5, None),
+    "consistency_base8": ("consistency-base", 8, 7.5, None),
 }
 REFERENCE = "teacher16_cfg"
 NOTES = {
@@ -184,6 +191,9 @@ def ratios(rows: dict) -> dict:
         "P8": _ratio(rows, "progressive8", ref), "Q4_direct": _ratio(rows, "direct4", ref),
         "Q4_progressive": _ratio(rows, "progressive4", ref), "B4": _ratio(rows, "teacher4_cfg", ref),
         "Q8_base_route": _ratio(rows, "direct8_base", ref),
+        "Q4_consistency": _ratio(rows, "consistency4", ref), "Q8_consistency": _ratio(rows, "consistency8", ref),
+        "Q4_consistency_base": _ratio(rows, "consistency_base4", ref),
+        "Q8_consistency_base": _ratio(rows, "consistency_base8", ref),
     }
     baselines = [k for k in ("teacher8_cfg", "guided8_dpm") if k in rows]
     if baselines and ref in rows:

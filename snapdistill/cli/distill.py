@@ -146,9 +146,14 @@ def distill_steps(
     teacher: Teacher = "toy",
     shards: Shards = Path("runs/toy/shards"),
     out: Out = Path("runs/steps"),
-    from_steps: Annotated[int, typer.Option("--from", help="Teacher steps N.")] = 16,
-    to_steps: Annotated[int, typer.Option("--to", help="Student steps M (divides N).")] = 8,
-    mode: Annotated[str, typer.Option("--mode", help="direct (one stage N->M) or progressive (N->N/2->...->M).")] = "direct",
+    from_steps: Annotated[int | None, typer.Option(
+        "--from", help="Teacher steps N [default: 16; --mode consistency takes none].")] = None,
+    to_steps: Annotated[int, typer.Option(
+        "--to", help="Student steps M (divides N); with --mode consistency, the student's default step count "
+                     "(it samples any count up to --num-ddim-timesteps).")] = 8,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="direct (one stage N->M), progressive (N->N/2->...->M) or consistency (latent consistency "
+                       "distillation, sampled with LCMScheduler).")] = "direct",
     target_space: Annotated[str, typer.Option("--target-space", help="x0, eps or v.")] = "x0",
     cfg_prob: Annotated[float, typer.Option("--cfg-prob", help="Share of CFG-aware batches.")] = 0.1,
     cfg_range: Annotated[str, typer.Option("--guidance-range", "--cfg-range",
@@ -162,6 +167,16 @@ def distill_steps(
     teacher_substeps: Annotated[int, typer.Option(
         "--teacher-substeps", help="DDIM substeps per teacher step in the landing target (1: the teacher's own "
                                    "N-step trajectory; more: closer to its ODE, at that many times the teacher calls).")] = 2,
+    loss: Annotated[str | None, typer.Option(
+        "--loss", help="consistency: distance between online and target outputs, huber (pseudo-Huber) or l2 "
+                       "[default: huber].")] = None,
+    huber_c: Annotated[float | None, typer.Option(
+        "--huber-c", help="consistency: the pseudo-Huber c [default: 0.001].")] = None,
+    target_ema: Annotated[float | None, typer.Option(
+        "--target-ema", help="consistency: EMA rate mu of the target network [default: 0.95].")] = None,
+    num_ddim_timesteps: Annotated[int | None, typer.Option(
+        "--num-ddim-timesteps", help="consistency: N teacher timesteps of the skipping-step solver (k = 1000/N "
+                                     "skipped per step; LCMScheduler's original_inference_steps) [default: 50].")] = None,
     **shared,
 ) -> None:
     """Stage 2: a student takes one step where its teacher took N/M (teacher: a base model or a stage-1 student).
@@ -175,12 +190,19 @@ def distill_steps(
       snapdistill distill-steps --teacher sd21 --from 16 --to 8 --student-prediction v_prediction --out runs/v8
 
       snapdistill distill-steps --teacher runs/guided/student --from 16 --to 8 --student-arch bk-small --out runs/small8
+
+      snapdistill distill-steps --mode consistency --teacher runs/guided/student --to 4 --loss huber --out runs/lcm4
     """
     common = _common({**locals(), **shared})
     from snapdistill.distill import steps_stage as stage
+    from snapdistill.distill.consistency_stage import ConsistencyConfig
 
+    given = {k: v for k, v in {"distance": loss, "huber_c": huber_c, "target_ema": target_ema,
+                               "num_ddim_timesteps": num_ddim_timesteps}.items() if v is not None}
+    consistency = ConsistencyConfig(**given) if given or mode == "consistency" else None
     config = stage.StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                                target_space=target_space, cfg_prob=cfg_prob,
                                cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
-                               embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps)
+                               embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps,
+                               consistency=consistency)
     _launch(config, stage.run, shared["dry_run"])

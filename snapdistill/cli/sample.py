@@ -24,7 +24,7 @@ def sample(
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps [default: a student's own count, else 20].")] = None,
     guidance: Annotated[float, typer.Option("--guidance", help="Guidance scale s.")] = 7.5,
     size: Annotated[int | None, typer.Option("--size", help="Image side [default: 512; the toy world keeps its native size].")] = None,
-    scheduler: Annotated[str | None, typer.Option("--scheduler", help="dpmsolver++, ddim or euler [default: a student's own, else dpmsolver++].")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="dpmsolver++, ddim, euler or lcm [default: a student's own, else dpmsolver++].")] = None,
     spacing: Annotated[str, typer.Option("--timestep-spacing", help="trailing, leading or linspace.")] = "trailing",
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Negative prompt for every image.")] = None,
     seed: Seed = 0,
@@ -45,6 +45,8 @@ def sample(
       snapdistill sample --teacher sd15 --coco annotations/captions_val2017.json --limit 5000 --steps 8 --out runs/coco8
 
       snapdistill sample --teacher runs/direct8/student --hps-benchmark hps_prompts/ --out runs/hps8
+
+      snapdistill sample --teacher runs/consistency/student --toy-val 64 --steps 4 --out runs/lcm4
 
       accelerate launch -m snapdistill sample --teacher sd15 --prompts prompts.txt --out runs/x
     """

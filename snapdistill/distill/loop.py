@@ -7,6 +7,10 @@ apart from the resume state.
 
 Checkpoints hold tensors and JSON only (safetensors, weights-only torch files, `trainer.json`), and a folder
 with any other file is refused unread: `--resume` never unpickles objects, so a checkpoint cannot run code.
+
+A stage may hand the loop a second module that its loss reads and that changes as training goes (a consistency
+model's target network), with `after_step` updating it after each optimisation step; its weights are checkpointed
+beside the student's, so a resumed run continues it bit for bit.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 # The files of a checkpoint: tensors and JSON only. Anything else in the folder is refused, not read.
 MODEL, OPTIMIZER, EMA, SCALER, TRAINER = "model.safetensors", "optimizer.pt", "ema.pt", "scaler.pt", "trainer.json"
-CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER)
+EXTRA = "extra.safetensors"  # the weights of `train`'s `extra_module` (a consistency target network)
+CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER, EXTRA)
 
 
 @dataclass
@@ -128,7 +133,8 @@ def _load_tensors(path: Path, device) -> Any:
                                f"tensors: {e.__class__.__name__}); refusing to load it") from e
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model, optimizer, ema) -> Path:
+def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model, optimizer, ema,
+                     extra_module=None) -> Path:
     """Save the resume state atomically: a temporary folder, a rename, then the `latest` pointer.
 
     Only tensors and JSON: the model as safetensors, the optimizer and EMA state with torch.save (read back with
@@ -149,6 +155,8 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
         try:
             save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()},
                       tmp / MODEL)
+            if extra_module is not None:
+                save_file({k: v.contiguous() for k, v in extra_module.state_dict().items()}, tmp / EXTRA)
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
             if ema is not None:
                 torch.save(ema.state_dict(), tmp / EMA)
@@ -186,19 +194,28 @@ def _check_space(folder: Path, model: torch.nn.Module, ema) -> None:
                                f"rerun with --resume latest")
 
 
-def _load_checkpoint(path: Path, accelerator, model, optimizer, ema) -> tuple[int, int]:
-    """Restore what `_save_checkpoint` wrote into the prepared model, optimizer and EMA; return (step, consumed)."""
+def _load_safetensors(path: Path, name: str, device) -> dict:
+    """The tensors of `path/name`, refusing (one line) a file that is missing or not safetensors."""
     from safetensors.torch import load_file
 
+    if not (path / name).is_file():
+        raise SnapdistillError(f"{path}: not a complete checkpoint (no {name})")
+    try:
+        return load_file(path / name, device=str(device))
+    except Exception as e:  # not a safetensors file
+        raise SnapdistillError(f"{path}: not a snapdistill checkpoint ({name} is not a safetensors file: "
+                               f"{e.__class__.__name__}); refusing to load it") from e
+
+
+def _load_checkpoint(path: Path, accelerator, model, optimizer, ema, extra_module=None) -> tuple[int, int]:
+    """Restore what `_save_checkpoint` wrote into the prepared model, optimizer, EMA and extra module; return
+    (step, consumed)."""
     path = check_checkpoint(path)
     model = accelerator.unwrap_model(model)
     device = next(model.parameters()).device
-    try:
-        weights = load_file(path / MODEL, device=str(device))
-    except Exception as e:  # not a safetensors file
-        raise SnapdistillError(f"{path}: not a snapdistill checkpoint ({MODEL} is not a safetensors file: "
-                               f"{e.__class__.__name__}); refusing to load it") from e
-    model.load_state_dict(weights)
+    model.load_state_dict(_load_safetensors(path, MODEL, device))
+    if extra_module is not None:
+        extra_module.load_state_dict(_load_safetensors(path, EXTRA, next(extra_module.parameters()).device))
     optimizer.load_state_dict(_load_tensors(path / OPTIMIZER, device))
     if ema is not None:
         if not (path / EMA).is_file():
@@ -235,11 +252,14 @@ def train(
     config: TrainConfig,
     resume: Path | None = None,
     validate: Callable[[int], None] | None = None,              # step -> None (main process)
+    after_step: Callable[[torch.nn.Module], None] | None = None,  # unwrapped student -> None, after each step
+    extra_module: torch.nn.Module | None = None,                # not optimised; its weights are checkpointed
 ) -> TrainResult:
     """Optimise `student` on `loss_fn` until max_steps or max_minutes; checkpoints and logs in run_dir.
 
     `loss_fn` is handed the module being optimised (after `accelerator.prepare`, so maybe DDP-wrapped) on
-    every call.
+    every call. `after_step` runs on every process after each optimisation step (after the EMA update), and
+    `extra_module` (the module it updates, if any) is saved in and restored from every checkpoint.
     """
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
@@ -261,7 +281,7 @@ def train(
     # Resume.
     step, consumed = 0, 0
     if resume is not None:
-        step, consumed = _load_checkpoint(resume, accelerator, student, optimizer, ema)
+        step, consumed = _load_checkpoint(resume, accelerator, student, optimizer, ema, extra_module)
     if accelerator.is_main_process:  # a fresh run starts an empty log; a resumed one drops lines after its step
         _truncate_stats(run_dir / "stats.jsonl", step)
     # The LR schedule is a pure function of the step, so a resumed run rebuilds it there (last_epoch = step - 1).
@@ -298,6 +318,8 @@ def train(
             # Update EMA.
             if ema is not None:
                 ema.step(accelerator.unwrap_model(student).parameters())
+            if after_step is not None:
+                after_step(accelerator.unwrap_model(student))
             step += 1
             consumed += per_step
             loss_value = float(accelerator.reduce(loss.detach(), reduction="mean"))
@@ -315,7 +337,7 @@ def train(
             # Save snapshot.
             done = step >= config.max_steps or out_of_time
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                _save_checkpoint(accelerator, run_dir, step, consumed, student, optimizer, ema)
+                _save_checkpoint(accelerator, run_dir, step, consumed, student, optimizer, ema, extra_module)
             # Validate.
             if validate and accelerator.is_main_process and config.validate_every and step % config.validate_every == 0:
                 validate(step)

@@ -96,8 +96,13 @@ def save_grid_rows(rows: list[np.ndarray], path: Path) -> None:
 def model_card(*, stage: str, config: dict[str, Any], result: dict[str, Any], record: StudentRecord) -> str:
     """The student's README.md: what it is, how to run it, the recipe and the figures."""
     steps = record.num_inference_steps
-    how = (f"{steps} steps with its own scheduler (trailing DDIM)" if steps
-           else "any scheduler (DPM-Solver++ recommended)")
+    if record.mode == "consistency":
+        how = (f"{steps} steps (or any count up to {record.original_inference_steps}) with its own scheduler "
+               "(LCMScheduler)")
+    elif steps:
+        how = f"{steps} steps with its own scheduler (trailing DDIM)"
+    else:
+        how = "any scheduler (DPM-Solver++ recommended)"
     guide = ("one UNet call per step: the guidance scale is an input (w = s − 1)"
              if record.guidance_embedding else "classifier-free guidance doubles each call")
     lines = [

@@ -96,16 +96,26 @@ def load_teacher(common: CommonConfig) -> Teacher:
     return Teacher(pipe, model.path, common.teacher)
 
 
-def teacher_unet_config(common: CommonConfig) -> dict:
-    """The teacher's unet/config.json: a JSON read, no weights ({} for a single-file checkpoint)."""
+def _teacher_json(common: CommonConfig, part: str, name: str, what: str) -> dict:
+    """The teacher's `part/name` config: a JSON read, no weights ({} for a single-file checkpoint)."""
     model = resolve_model(common.teacher, allow_download=common.allow_download)
-    path = model.path / "unet" / "config.json"
+    path = model.path / part / name
     if model.single_file or not path.is_file():
         return {}
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise SnapdistillError(f"{path}: unreadable UNet config ({e})") from e
+        raise SnapdistillError(f"{path}: unreadable {what} config ({e})") from e
+
+
+def teacher_unet_config(common: CommonConfig) -> dict:
+    """The teacher's unet/config.json: a JSON read, no weights ({} for a single-file checkpoint)."""
+    return _teacher_json(common, "unet", "config.json", "UNet")
+
+
+def teacher_scheduler_config(common: CommonConfig) -> dict:
+    """The teacher's scheduler/scheduler_config.json: a JSON read ({} for a single-file checkpoint)."""
+    return _teacher_json(common, "scheduler", "scheduler_config.json", "scheduler")
 
 
 def native_size(pipe) -> int:
@@ -161,9 +171,11 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
 def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss: Callable, scheduler,
                    record: StudentRecord,
                    stage: str, config: dict, resume_from: Path | None, teacher_steps: int, student_steps: int,
-                   run_dir: Path | None = None) -> TrainResult:
+                   run_dir: Path | None = None, after_step: Callable | None = None,
+                   extra_module=None) -> TrainResult:
     """Train `student_unet` on `loss(module, batch, gen)`, then save `student/` (EMA weights), the model card and
-    stats. The loop hands the loss the (possibly DDP-wrapped) module it optimises."""
+    stats. The loop hands the loss the (possibly DDP-wrapped) module it optimises; `after_step` and
+    `extra_module` go to the loop as they are (see `loop.train`)."""
     run_dir = Path(run_dir or common.out)
     common_here = copy.copy(common)
     common_here.out = run_dir
@@ -175,7 +187,7 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss
         return loss(module, prepare(raw, gen), gen)
 
     result = train(run_dir=run_dir, student=student_unet, loss_fn=step_loss, batches=batches, config=common.train,
-                   resume=resume_from, validate=validate)
+                   resume=resume_from, validate=validate, after_step=after_step, extra_module=extra_module)
     from snapdistill.dist import process_state
 
     ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next
@@ -220,4 +232,4 @@ def resolved_config(stage_config) -> dict:
 
 
 __all__ = ["CommonConfig", "Teacher", "finish", "load_teacher", "prepare_run", "resolved_config", "resume_point",
-           "teacher_unet_config", "train_and_save"]
+           "teacher_scheduler_config", "teacher_unet_config", "train_and_save"]

@@ -2,7 +2,8 @@
 
 `direct` is SnapFusion's single stage N→M (vanilla step distillation balanced against the CFG-aware
 loss). `progressive` is Salimans & Ho's rounds N→N/2→…→M, each round's student teaching the next and
-each round saved as a sub-run with its own manifest.
+each round saved as a sub-run with its own manifest. `consistency` is latent consistency distillation
+(`consistency_stage.py`): one student, sampled by diffusers' LCMScheduler at any few steps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from snapdistill.diffusion import DiffusionModel
 from snapdistill.dist import process_state
+from snapdistill.distill.consistency_stage import ConsistencyConfig
 from snapdistill.distill.features import with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
 from snapdistill.distill.guided import Guided, StudentKind
@@ -41,15 +43,16 @@ from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST
 from snapdistill.models.student_record import StudentRecord
 
-MODES = ("direct", "progressive")
+MODES = ("direct", "progressive", "consistency")
+DEFAULT_FROM = 16
 
 
 @dataclass
 class StepsConfig:
     common: CommonConfig
-    from_steps: int = 16
+    from_steps: int | None = None                       # None: 16 (direct, progressive); consistency takes none
     to_steps: int = 8
-    mode: str = "direct"                                # direct | progressive
+    mode: str = "direct"                                # direct | progressive | consistency
     target_space: str = "x0"                            # x0 | eps | v (see DESIGN.md §3)
     cfg_prob: float = 0.1                               # share of CFG-aware batches (SnapFusion §4.2)
     cfg_range: tuple[float, float] = (2.0, 14.0)
@@ -57,21 +60,37 @@ class StepsConfig:
     embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
     teacher_substeps: int = 2                           # DDIM substeps per teacher step in the landing target
+    consistency: ConsistencyConfig | None = None        # the settings of --mode consistency (None otherwise)
+
+    def __post_init__(self):
+        if self.mode == "consistency" and self.consistency is None:
+            self.consistency = ConsistencyConfig()
+        if self.mode != "consistency" and self.from_steps is None:
+            self.from_steps = DEFAULT_FROM
 
     def check(self) -> None:
         """Refuse impossible settings with one line, before the teacher loads or anything is written."""
         self.common.check()
+        if self.mode not in MODES:
+            raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        check_guidance_range(self.cfg_range)
+        if self.mode == "consistency":
+            if self.from_steps is not None:
+                raise SnapdistillError("--mode consistency takes no --from: the student learns the teacher's whole "
+                                       "trajectory (set its grid with --num-ddim-timesteps)")
+            self.consistency.check(self.to_steps)
+            return
+        if self.consistency is not None:
+            raise SnapdistillError(f"--loss, --huber-c, --target-ema and --num-ddim-timesteps need --mode consistency, "
+                                   f"got --mode {self.mode}")
         n, m = self.from_steps, self.to_steps
         if m <= 0 or m >= n or n % m:
             raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
-        if self.mode not in MODES:
-            raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
         if self.mode == "progressive" and (n // m) & (n // m - 1):
             raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, "
                                    f"got {n // m}")
         if not 0 <= self.cfg_prob <= 1:
             raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
-        check_guidance_range(self.cfg_range)
         check_space(self.target_space)
         if not 1 <= self.teacher_substeps <= 64:
             raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
@@ -83,6 +102,8 @@ def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
     `teacher_w_dim` is the teacher's time_cond_proj_dim (None: it runs CFG), read from its unet/config.json.
     """
     default = {f.name: f.default for f in dataclasses.fields(StepsConfig)}
+    if config.mode == "consistency":
+        return _ignored_by_consistency(config, default, teacher_w_dim)
     student_takes_w = teacher_w_dim is not None or config.embed_guidance
     lines = []
     if student_takes_w and config.cfg_prob != default["cfg_prob"]:
@@ -93,6 +114,17 @@ def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
     if not (config.embed_guidance and teacher_w_dim is None) and config.cond_dim != default["cond_dim"]:
         lines.append("--cond-dim has no effect: only --embed-guidance with a teacher that takes no w adds a "
                      "guidance input")
+    return lines
+
+
+def _ignored_by_consistency(config: StepsConfig, default: dict, teacher_w_dim: int | None) -> list[str]:
+    """`ignored_flags` for --mode consistency: the step-distillation flags it does not read."""
+    unused = {"cfg_prob": "--cfg-prob", "target_space": "--target-space", "gamma": "--gamma",
+              "teacher_substeps": "--teacher-substeps", "embed_guidance": "--embed-guidance"}
+    lines = [f"{flag} has no effect with --mode consistency" for name, flag in unused.items()
+             if getattr(config, name) != default[name]]
+    if teacher_w_dim is not None and config.cond_dim != default["cond_dim"]:
+        lines.append("--cond-dim has no effect: the teacher already takes w, and its student copies it")
     return lines
 
 
@@ -169,6 +201,10 @@ def run(config: StepsConfig) -> Path | None:
     common = config.common
     for line in ignored_flags(config, teacher_unet_config(common).get("time_cond_proj_dim")):
         print(f"warning: {line}", file=sys.stderr)
+    if config.mode == "consistency":
+        from snapdistill.distill import consistency_stage
+
+        return consistency_stage.run(config)
     teacher = load_teacher(common)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)

@@ -23,18 +23,26 @@ class StudentRecord:
 
     stage: str | None = None                      # distill-guidance | distill-steps
     num_inference_steps: int | None = None        # None: a stage-1 student, sampled with any steps and scheduler
-    timesteps: list[int] | None = None            # the trailing-DDIM timesteps it was trained on
-    mode: str | None = None                       # direct | progressive (distill-steps)
+    timesteps: list[int] | None = None            # the timesteps its own scheduler visits in that many steps
+    mode: str | None = None                       # direct | progressive | consistency (distill-steps)
     from_steps: int | None = None                 # its teacher's steps in the last round (distill-steps)
     guidance_embedding: bool = False              # takes w = s − 1 as an input (one UNet call per step)
     prediction_type: str | None = None
     guidance_range: list[float] | None = None     # s ~ U(range) in training (distill-guidance)
     student_arch: str = "same"
+    original_inference_steps: int | None = None   # consistency: the N-point grid its LCMScheduler samples from
 
     @property
     def step_distilled(self) -> bool:
         """True for a student trained for a fixed step count on a fixed grid."""
         return self.num_inference_steps is not None
+
+    def on_grid(self, steps: int) -> bool:
+        """Whether its own scheduler at `steps` steps visits only timesteps it was trained on: its own count, or,
+        for a consistency student, any count up to N (LCMScheduler picks them among its N-point grid)."""
+        if self.mode == "consistency" and self.original_inference_steps:
+            return 1 <= steps <= self.original_inference_steps
+        return steps == self.num_inference_steps
 
     def to_json(self) -> dict:
         """The keys written: every field that is set."""

@@ -76,12 +76,15 @@ def off_grid(config: SampleConfig, record: StudentRecord | None) -> str | None:
     if record is None or not record.step_distilled:
         return None  # a teacher or a stage-1 student takes any steps and scheduler
     asked = []
-    if config.steps not in (None, record.num_inference_steps):
+    if config.steps is not None and not record.on_grid(config.steps):
         asked.append(f"--steps {config.steps}")
     if config.scheduler not in (None, "own"):
         asked.append(f"--scheduler {config.scheduler}")
     if not asked:
         return None
+    if record.mode == "consistency":
+        return (f"{' and '.join(asked)} samples off the grid this student was trained on: 1 to "
+                f"{record.original_inference_steps} steps of its own LCMScheduler")
     return (f"{' and '.join(asked)} samples off the grid this student was trained on: {record.num_inference_steps} "
             f"steps of its own scheduler at timesteps {record.timesteps}")
 

@@ -35,7 +35,15 @@ def _euler(config: Mapping, spacing: str):
     return EulerDiscreteScheduler.from_config(config, timestep_spacing=spacing)
 
 
-SCHEDULERS = {"dpmsolver++": _dpmsolver_pp, "ddim": _ddim, "euler": _euler}
+def _lcm(config: Mapping, spacing: str):
+    from diffusers import LCMScheduler
+
+    # LCMScheduler picks its timesteps from its own N-point grid (original_inference_steps); the spacing is
+    # recorded but does not move them.
+    return LCMScheduler.from_config(config, timestep_spacing=spacing, clip_sample=False)
+
+
+SCHEDULERS = {"dpmsolver++": _dpmsolver_pp, "ddim": _ddim, "euler": _euler, "lcm": _lcm}
 
 
 def make_scheduler(name: str, config: Mapping, *, spacing: str = "trailing"):
