@@ -30,6 +30,7 @@ class StudentRecord:
     prediction_type: str | None = None
     guidance_range: list[float] | None = None     # s ~ U(range) in training (distill-guidance)
     student_arch: str = "same"
+    resolution: int | None = None                 # training image side; `sample` defaults to it
 
     @property
     def step_distilled(self) -> bool:
