@@ -47,6 +47,7 @@ def test_inspect_prints_params_and_calls(cli, tiny_eps_dir):
     assert lines[1] == f"UNet parameters: {_unet_params(tiny_eps_dir):,} ({_unet_params(tiny_eps_dir) / 1e6:.2f}M)"
     assert lines[2] == "UNet calls per image: 4 (2 steps, guidance 7.5, classifier-free guidance: 2 per step)"
     assert lines[3].startswith("s/image: ")
+    assert lines[4].startswith("training memory per process (estimate; same-size student, AdamW, EMA, batch 1, 32 px")
 
 
 def test_inspect_default_steps_of_a_student(cli, tmp_path, tiny_eps_dir):

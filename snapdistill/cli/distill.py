@@ -27,9 +27,12 @@ from snapdistill.cli.options import (
     MaxMinutes,
     MaxSteps,
     MixedPrecision,
+    Optimizer,
     Out,
     OutWeight,
     Overwrite,
+    ReportTo,
+    Resolution,
     Resume,
     Seed,
     Shards,
@@ -37,6 +40,7 @@ from snapdistill.cli.options import (
     StudentPrediction,
     Teacher,
     ValidateEvery,
+    ValPrompts,
     Warmup,
     parse_range,
 )
@@ -72,6 +76,10 @@ def _training_options(
     gradient_checkpointing: GradCheckpointing = False,
     checkpoint_every: CheckpointEvery = 100,
     validate_every: ValidateEvery = 0,
+    val_prompts: ValPrompts = 4,
+    resolution: Resolution = None,
+    optimizer: Optimizer = "adamw",
+    report_to: ReportTo = "none",
     caption_dropout: CaptionDropout = 0.1,
     seed: Seed = 0,
     device: Device = None,
@@ -103,8 +111,13 @@ def training_command(command):
     return wrapper
 
 
-def _launch(config, stage_run, dry_run: bool) -> None:
+def _launch(config, stage_run, dry_run: bool, student_overrides: dict | None = None) -> None:
     if checked_dry_run(config, dry_run):
+        from snapdistill.distill.memory import describe, estimate_run
+
+        found = estimate_run(config.common, student_overrides=student_overrides)
+        lines = describe(*found, config.common) if found else ["no memory estimate: a single-file checkpoint"]
+        typer.echo("\n".join(lines), err=True)
         return
     manifest = stage_run(config)
     if manifest is not None:
@@ -137,7 +150,7 @@ def distill_guidance(
 
     config = stage.GuidanceConfig(common=common, guidance_range=parse_range(guidance_range, "--guidance-range"),
                                   cond_dim=cond_dim, loss_space=loss_space)
-    _launch(config, stage.run, shared["dry_run"])
+    _launch(config, stage.run, shared["dry_run"], {"time_cond_proj_dim": cond_dim})
 
 
 @app.command("distill-steps")
@@ -205,4 +218,4 @@ def distill_steps(
                                cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
                                embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps,
                                consistency=consistency)
-    _launch(config, stage.run, shared["dry_run"])
+    _launch(config, stage.run, shared["dry_run"], {"time_cond_proj_dim": cond_dim} if embed_guidance else None)

@@ -47,3 +47,9 @@ def inspect(
     typer.echo(f"UNet calls per image: {r['unet_calls_per_image']} ({r['steps']} steps, guidance {r['guidance']:g}, {why})")
     typer.echo(f"s/image: {r['s_per_image']:.4f} (batch {r['batch_size']}, {r['size']} px, {r['scheduler']}, "
                f"{r['device']}, {r['dtype']})")
+    from snapdistill.distill.memory import size_text
+
+    mem = r["training_memory"]
+    typer.echo(f"training memory per process (estimate; same-size student, AdamW, EMA, batch {r['batch_size']}, "
+               f"{r['size']} px, {r['dtype']}): {size_text(mem['plain']['total'])}, with gradient checkpointing "
+               f"{size_text(mem['checkpointed']['total'])} (frozen parts {size_text(mem['plain']['frozen teacher, VAE, text encoder'])})")

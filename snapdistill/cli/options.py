@@ -47,7 +47,13 @@ OutWeight = Annotated[float, typer.Option("--out-weight", help="Weight of the ou
 CaptionDropout = Annotated[float, typer.Option("--caption-dropout", help="Share of empty captions in training batches.")]
 Resume = Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder of this run.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a finished or unfinished run in --out.")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+Resolution = Annotated[int | None, typer.Option(
+    "--resolution", help="Training image side (a multiple of VAE factor x 2^(UNet down blocks - 1): 64 for SD). "
+                         "Validation, the student's defaults and `sample` follow it. [default: the teacher's native size]")]
+ValPrompts = Annotated[int, typer.Option("--val-prompts", help="Rows of the validation grids (0: no grids).")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="adamw, or adamw8bit (bitsandbytes, CUDA only).")]
+ReportTo = Annotated[str, typer.Option("--report-to", help="none, tensorboard (to RUN/logs) or wandb.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and a memory estimate, and exit.")]
 
 
 def parse_range(text: str, flag: str) -> tuple[float, float]:

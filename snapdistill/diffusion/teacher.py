@@ -82,7 +82,12 @@ class DiffusionModel:
         *,
         timestep_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The model's own output at (z, t), in its prediction type."""
+        """The model's own output at (z, t), in its prediction type. Inputs are cast to the UNet's dtype: a frozen
+        teacher kept in bf16/fp16 under mixed precision takes fp32 latents."""
+        dtype = next(self.unet.parameters()).dtype
+        if dtype != z.dtype and not torch.is_autocast_enabled(z.device.type):
+            z, encoder_hidden_states = z.to(dtype), encoder_hidden_states.to(dtype)
+            timestep_cond = None if timestep_cond is None else timestep_cond.to(dtype)
         return self.unet(
             z, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False
         )[0]

@@ -163,7 +163,7 @@ class TextEmbeddings:
     def _encode(self, captions: list[str]) -> torch.Tensor:
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+        return self.text_encoder(ids.to(self.text_encoder.device))[0].float()  # fp32 even from a bf16 encoder
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(c for c in captions if c not in self.cache))
@@ -180,6 +180,7 @@ class TextEmbeddings:
 
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Clean latents x0 = mean of the VAE posterior × scaling_factor (deterministic)."""
+    """Clean latents x0 = mean of the VAE posterior × scaling_factor (deterministic), in fp32 whatever the VAE's
+    dtype."""
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-    return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor

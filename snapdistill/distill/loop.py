@@ -27,6 +27,9 @@ from typing import Any
 import torch
 
 from snapdistill.dist import on_cpu
+from snapdistill.distill import tracking
+from snapdistill.distill.optim import check_optimizer, make_optimizer
+from snapdistill.distill.tracking import check_report_to
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text
 
@@ -54,6 +57,8 @@ class TrainConfig:
     checkpoint_every: int = 100             # steps between resume checkpoints (0: only at the end)
     validate_every: int = 0                 # steps between validation grids (0: only at the end)
     seed: int = 0
+    optimizer: str = "adamw"                # adamw | adamw8bit (bitsandbytes, CUDA only)
+    report_to: str = "none"                 # none | tensorboard | wandb (accelerate trackers)
 
     def check(self) -> None:
         """Refuse impossible numbers with one line, before anything loads (a batch size of 0 would hang)."""
@@ -72,6 +77,10 @@ class TrainConfig:
             raise SnapdistillError(f"--max-minutes must be a finite number > 0, got {self.max_minutes}")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise SnapdistillError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise SnapdistillError(f"unknown --mixed-precision '{self.mixed_precision}'; choose one of no, fp16, bf16")
+        check_optimizer(self.optimizer)
+        check_report_to(self.report_to)
 
 
 def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
@@ -241,6 +250,7 @@ class TrainResult:
     stopped_by: str          # "max_steps" | "max_minutes"
     seconds: float
     ema: Any                 # EMAModel or None
+    trackers: list = ()      # accelerate trackers, still open: the caller logs the final grid, then finishes them
 
 
 def train(
@@ -251,7 +261,7 @@ def train(
     batches: Callable[[int], Iterator[Any]],                     # skip -> iterator of raw batches
     config: TrainConfig,
     resume: Path | None = None,
-    validate: Callable[[int], None] | None = None,              # step -> None (main process)
+    validate: Callable[[int], Any] | None = None,               # step -> grid image or None (main process)
     after_step: Callable[[torch.nn.Module], None] | None = None,  # unwrapped student -> None, after each step
     extra_module: torch.nn.Module | None = None,                # not optimised; its weights are checkpointed
 ) -> TrainResult:
@@ -267,12 +277,13 @@ def train(
 
     run_dir = Path(run_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-                              cpu=on_cpu())
+                              cpu=on_cpu(), log_with=tracking.log_with(config.report_to),
+                              project_dir=str(run_dir / "logs"))
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.train()
     lr = config.lr if config.lr is not None else auto_lr(student)
-    adamw = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=config.weight_decay)
+    adamw = make_optimizer(config.optimizer, student.parameters(), lr=lr, weight_decay=config.weight_decay)
     student, optimizer = accelerator.prepare(student, adamw)
     ema = None
     if config.ema_decay > 0:
@@ -291,6 +302,7 @@ def train(
         adamw, lambda s: lr_factor(s, config.warmup_steps, config.max_steps), last_epoch=step - 1)
     per_step = config.batch_size * config.grad_accum
     data = batches(consumed)
+    tracking.start(accelerator, {**vars(config), "lr": lr})
 
     # Train.
     started, loss_value, stopped_by = time.perf_counter(), float("nan"), "max_steps"
@@ -331,6 +343,7 @@ def train(
                 with open(run_dir / "stats.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 bar.update(task, completed=step, loss=loss_value)
+                accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
             out_of_time = (config.max_minutes is not None
                            and time.perf_counter() - started > config.max_minutes * 60)
             stopped_by = "max_minutes" if out_of_time else stopped_by
@@ -340,11 +353,11 @@ def train(
                 _save_checkpoint(accelerator, run_dir, step, consumed, student, optimizer, ema, extra_module)
             # Validate.
             if validate and accelerator.is_main_process and config.validate_every and step % config.validate_every == 0:
-                validate(step)
+                tracking.log_grid(accelerator.trackers, validate(step), step)
             if done:
                 break
     accelerator.wait_for_everyone()
-    return TrainResult(step, loss_value, stopped_by, time.perf_counter() - started, ema)
+    return TrainResult(step, loss_value, stopped_by, time.perf_counter() - started, ema, accelerator.trackers)
 
 
 def ema_weights_into(student: torch.nn.Module, result: TrainResult) -> torch.nn.Module:

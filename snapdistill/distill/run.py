@@ -24,7 +24,8 @@ from snapdistill.sampling.render import to_uint8
 
 CONFIG = "config.json"
 # Settings that may change on resume without changing what is trained.
-RESUMABLE = ("max_minutes", "resume", "overwrite", "device", "checkpoint_every", "validate_every", "dry_run")
+RESUMABLE = ("max_minutes", "resume", "overwrite", "device", "checkpoint_every", "validate_every", "dry_run",
+             "report_to", "val_prompts")
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -86,11 +87,13 @@ def first_captions(shards: list[str], n: int) -> list[str]:
     return captions
 
 
-def save_grid_rows(rows: list[np.ndarray], path: Path) -> None:
-    """One PNG: each row a batch of float images [B,H,W,3] side by side."""
+def save_grid_rows(rows: list[np.ndarray], path: Path) -> np.ndarray:
+    """One PNG: each row a batch of float images [B,H,W,3] side by side; returns the grid (uint8 [H,W,3])."""
     strips = [np.concatenate(list(to_uint8(r)), axis=1) for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(strips, axis=0)).save(path)
+    grid = np.concatenate(strips, axis=0)
+    Image.fromarray(grid).save(path)
+    return grid
 
 
 def model_card(*, stage: str, config: dict[str, Any], result: dict[str, Any], record: StudentRecord) -> str:

@@ -4,7 +4,10 @@ shared loop, validate, and save the student with its model card and manifest."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import torch
 
+from snapdistill.distill import tracking
 from snapdistill.distill.arch import check_arch
 from snapdistill.distill.data import ShardPairs, TextEmbeddings, encode_latents, find_shards
 from snapdistill.distill.loop import TrainConfig, TrainResult, auto_lr, ema_weights_into, train
@@ -46,7 +50,8 @@ class CommonConfig:
     feat_weight: float | None = None          # feature-KD weight; None: 1 for a block-removed student, else 0
     out_weight: float = 1.0                   # weight of the output-level loss (the stage's target)
     caption_dropout: float = 0.1              # share of empty captions (trains the unconditional branch)
-    val_prompts: int = 4                      # validation grid rows use the first N captions of the shards
+    val_prompts: int = 4                      # validation grid rows use the first N captions of the shards (0: none)
+    resolution: int | None = None             # training image side; None: the teacher's native size
     device: str | None = None
     allow_download: bool = False
     resume: str | None = None                 # "latest" or a checkpoint folder
@@ -66,6 +71,10 @@ class CommonConfig:
                                    f"and {self.out_weight}")
         if not 0 <= self.caption_dropout <= 1:
             raise SnapdistillError(f"--caption-dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.val_prompts < 0:
+            raise SnapdistillError(f"--val-prompts must be an integer >= 0 (0: no validation grids), got {self.val_prompts}")
+        if self.resolution is not None and self.resolution <= 0:
+            raise SnapdistillError(f"--resolution must be a positive integer, got {self.resolution}")
         self.train.check()
 
 
@@ -87,8 +96,10 @@ def load_teacher(common: CommonConfig) -> Teacher:
     common.check()  # the config may have changed since it was made
     model = resolve_model(common.teacher, allow_download=common.allow_download)
     check_out_apart(common.out, {"--teacher": model.path, "--shards": common.shards})
+    check_resolution(common.resolution, **teacher_configs(common))  # from the JSON configs, before weights load
     device = common.device or str(process_state().device)
     pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
+    check_resolution(common.resolution, unet=dict(pipe.unet.config), vae=dict(pipe.vae.config))
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
     if common.train.lr is None:  # resolved here, so config.json and the manifest record the rate used
@@ -118,6 +129,48 @@ def teacher_scheduler_config(common: CommonConfig) -> dict:
     return _teacher_json(common, "scheduler", "scheduler_config.json", "scheduler")
 
 
+def teacher_configs(common: CommonConfig) -> dict:
+    """{"unet": ..., "vae": ...}: the teacher's JSON configs ({} each for a single-file checkpoint)."""
+    return {part: _teacher_json(common, part, "config.json", part) for part in ("unet", "vae")}
+
+
+def size_multiple(*, unet: dict, vae: dict) -> int:
+    """The side every image must be a multiple of: vae_scale_factor × 2^(down blocks − 1) (64 for SD)."""
+    vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return vae_factor * 2 ** (len(unet["down_block_types"]) - 1)
+
+
+def check_resolution(resolution: int | None, *, unet: dict, vae: dict) -> None:
+    """Refuse a --resolution the UNet cannot take (no-op without one, or without configs to read)."""
+    if resolution is None or not unet or not vae:
+        return
+    multiple = size_multiple(unet=unet, vae=vae)
+    if resolution % multiple:
+        raise SnapdistillError(f"--resolution {resolution} does not fit this teacher: it must be a multiple of "
+                               f"{multiple} (VAE factor × 2^(UNet down blocks − 1))")
+
+
+def frozen_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of the frozen teacher, VAE and text encoder: the mixed-precision one (the student keeps fp32)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def freeze_to(pipe, dtype: torch.dtype) -> None:
+    """Cast the frozen parts (teacher UNet, VAE, text encoder) to `dtype`, in place."""
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        # torch's own `to`: diffusers' warns about modules kept in fp32, and SD's UNet and VAE have none.
+        torch.nn.Module.to(part, dtype)
+
+
+def train_size(pipe, common: CommonConfig) -> int:
+    """The training image side: --resolution, else the teacher's native size."""
+    return common.resolution or native_size(pipe)
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def native_size(pipe) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
@@ -125,7 +178,7 @@ def native_size(pipe) -> int:
 def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int], Iterator], Callable]:
     """(batches(skip) of raw (pixels, captions), prepare(raw, gen) -> Batch on the teacher's device)."""
     pipe = teacher.pipe
-    pairs = ShardPairs(find_shards(common.shards), size=native_size(pipe), seed=common.train.seed)
+    pairs = ShardPairs(find_shards(common.shards), size=train_size(pipe, common), seed=common.train.seed)
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
 
     def batches(skip: int) -> Iterator:
@@ -141,29 +194,46 @@ def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int],
 
 
 def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *, teacher_steps: int,
-              student_steps: int, guidance: float = 7.5) -> Callable[[int], None]:
-    """A callback writing val/step-N.png: the teacher's row above the student's, same prompts and seeds."""
+              student_steps: int, guidance: float = 7.5) -> Callable[[int], Any] | None:
+    """A callback writing val/step-N.png (and returning it): the teacher's row above the student's, same prompts
+    and seeds, at the training resolution. None with --val-prompts 0. Each row's time goes to the log."""
     from diffusers import StableDiffusionPipeline
 
     from snapdistill.sampling.schedulers import make_scheduler
 
+    if common.val_prompts == 0:
+        return None
     pipe = teacher.pipe
     prompts = first_captions(find_shards(common.shards), common.val_prompts)
     seeds = list(range(len(prompts)))
-    size = native_size(pipe)
-    ref_pipe = StableDiffusionPipeline(**{**pipe.components, "requires_safety_checker": False,
-                                          "scheduler": make_scheduler("dpmsolver++", pipe.scheduler.config)})
-    ref_pipe.set_progress_bar_config(disable=True)
-    reference = generate(ref_pipe, prompts, seeds, steps=teacher_steps, guidance=guidance, size=size)
+    size = train_size(pipe, common)
+    # The student keeps fp32 beside frozen parts in bf16/fp16: autocast runs the mixed pipeline.
+    dtype = frozen_dtype(common.train.mixed_precision)
+    mixed = torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def validate(step: int) -> None:
+    def timed(what: str, render_pipe, steps: int) -> Any:
+        started = time.perf_counter()
+        with mixed:
+            images = generate(render_pipe, prompts, seeds, steps=steps, guidance=guidance, size=size)
+        log(f"validation: {what} row, {len(prompts)} prompts x {steps} steps at {size} px: "
+            f"{time.perf_counter() - started:.1f} s")
+        return images
+
+    reference = []  # rendered at the first grid, not before training starts
+
+    def validate(step: int) -> Any:
+        if not reference:
+            ref_pipe = StableDiffusionPipeline(**{**pipe.components, "requires_safety_checker": False,
+                                                  "scheduler": make_scheduler("dpmsolver++", pipe.scheduler.config)})
+            ref_pipe.set_progress_bar_config(disable=True)
+            reference.append(timed("teacher reference", ref_pipe, teacher_steps))
         was_training = student_unet.training
         student_pipe = StableDiffusionPipeline(**{**pipe.components, "requires_safety_checker": False,
                                                   "unet": student_unet.eval(), "scheduler": scheduler})
         student_pipe.set_progress_bar_config(disable=True)
-        images = generate(student_pipe, prompts, seeds, steps=student_steps, guidance=guidance, size=size)
-        save_grid_rows([reference, images], Path(common.out) / "val" / f"step-{step:07d}.png")
+        images = timed(f"student (step {step})", student_pipe, student_steps)
         student_unet.train(was_training)
+        return save_grid_rows([reference[0], images], Path(common.out) / "val" / f"step-{step:07d}.png")
 
     return validate
 
@@ -179,6 +249,8 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss
     run_dir = Path(run_dir or common.out)
     common_here = copy.copy(common)
     common_here.out = run_dir
+    student_unet.float()  # fp32 master weights, built before the frozen parts are cast below
+    freeze_to(teacher.pipe, frozen_dtype(common.train.mixed_precision))
     batches, prepare = batch_maker(teacher, common)
     validate = validator(teacher, student_unet, scheduler, common_here, teacher_steps=teacher_steps,
                          student_steps=student_steps)
@@ -191,8 +263,15 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss
     from snapdistill.dist import process_state
 
     ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next
+    size = train_size(teacher.pipe, common)
+    if common.resolution:  # the student's native size, so stock diffusers samples it there by default
+        record = dataclasses.replace(record, resolution=size)
     if process_state().is_main_process:
-        validate(result.steps)
+        if validate is not None:
+            tracking.log_grid(result.trackers, validate(result.steps), result.steps)
+        tracking.finish(result.trackers)
+        if common.resolution:
+            student_unet.register_to_config(sample_size=size // teacher.pipe.vae_scale_factor)
         save_student(run_dir / "student", teacher_dir=teacher.path, unet=student_unet, scheduler=scheduler,
                      record=record)
         summary = {"steps": result.steps, "final_loss": result.final_loss, "stopped_by": result.stopped_by,
@@ -217,7 +296,8 @@ def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, 
         stage=stage,
         config=config,
         inputs=[input_entry(teacher.path, spec=teacher.spec), input_entry(common.shards)],
-        outputs={"student": "student", "stats": "stats.jsonl", "val": "val", "model_card": "README.md",
+        outputs={"student": "student", "stats": "stats.jsonl", "model_card": "README.md",
+                 **({"val": "val"} if common.val_prompts else {}),
                  **(extra_outputs or {})},
         counts={"steps": result.steps, "processes": state.num_processes,
                 "samples": result.steps * common.train.batch_size * common.train.grad_accum * state.num_processes},

@@ -31,6 +31,7 @@ class StudentRecord:
     guidance_range: list[float] | None = None     # s ~ U(range) in training (distill-guidance)
     student_arch: str = "same"
     original_inference_steps: int | None = None   # consistency: the N-point grid its LCMScheduler samples from
+    resolution: int | None = None                 # training image side; `sample` defaults to it
 
     @property
     def step_distilled(self) -> bool:

@@ -47,6 +47,24 @@ def time_sampling(pipe, prompts: list[str], *, steps: int, guidance: float, size
             "measured_unet_calls_per_image": counter[0] / len(prompts)}
 
 
+def training_memory(pipe, *, batch_size: int, size: int, mixed_precision: str) -> dict:
+    """Bytes per process of distilling this UNet (a same-size student, AdamW, EMA) at this batch and size, by part,
+    with and without gradient checkpointing (see `snapdistill.distill.memory`)."""
+    from snapdistill.distill.memory import estimate_memory, saved_activation_bytes
+
+    student = sum(p.numel() for p in pipe.unet.parameters())
+    frozen = student + sum(p.numel() for part in (pipe.vae, pipe.text_encoder) for p in part.parameters())
+    acts = {ckpt: saved_activation_bytes(pipe.unet.config, size=size, vae_factor=pipe.vae_scale_factor,
+                                         checkpointing=ckpt) for ckpt in (False, True)}
+    out = {}
+    for ckpt in (False, True):
+        e = estimate_memory(student_params=student, frozen_params=frozen, mixed_precision=mixed_precision,
+                            optimizer="adamw", ema=True, batch_size=batch_size, activation_bytes=acts,
+                            gradient_checkpointing=ckpt)
+        out["checkpointed" if ckpt else "plain"] = {name: value for name, value in e.rows()}
+    return out
+
+
 def inspect_model(config: InspectConfig) -> dict:
     """Load the model, count its UNet parameters and calls per image, and time a batch."""
     prompts = config.prompts or [TIMING_PROMPT] * config.batch_size
@@ -64,8 +82,11 @@ def inspect_model(config: InspectConfig) -> dict:
     unet = pipe.unet.config
     timing = time_sampling(pipe, prompts, steps=settings["steps"],
                            guidance=config.guidance, size=settings["size"])
+    memory = training_memory(pipe, batch_size=len(prompts), size=settings["size"],
+                             mixed_precision={"fp32": "no"}.get(config.dtype, config.dtype))
     return {
         "model": str(model.path),
+        "training_memory": memory,
         "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
         "steps": settings["steps"],
         "guidance": config.guidance,

@@ -111,7 +111,8 @@ def resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict
     scheduler = pipe.scheduler if name == "own" else make_scheduler(name, pipe.scheduler.config, spacing=config.spacing)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     # The seed's benchmark is 512 px; models trained smaller (the toy world) keep their native size.
-    size = config.size or min(native, 512)
+    # A student trained at --resolution is sampled there.
+    size = config.size or (record.resolution if record and record.resolution else min(native, 512))
     if size <= 0 or size % pipe.vae_scale_factor:
         raise SnapdistillError(f"--size must be a positive multiple of {pipe.vae_scale_factor}, got {size}")
     settings = {
