@@ -2,22 +2,37 @@
 
 import json
 
-from snapdistill.bench.toy import ratios, training_budget
+from snapdistill.bench.toy import ratios, teacher_rows, training_budget
 
 
-def _run(folder, stage, steps, teacher):
+def _run(folder, stage, steps, teacher, **config):
     (folder / "student").mkdir(parents=True)
     manifest = {"stage": stage, "counts": {"steps": steps, "samples": steps * 32},
-                "metrics": {"train_seconds": 12.34}, "config": {"common": {"train": {"lr": 3e-4}}},
+                "metrics": {"train_seconds": 12.34}, "config": {"common": {"train": {"lr": 3e-4}}, **config},
                 "inputs": [{"path": str(teacher)}, {"path": "shards"}]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_training_budget_follows_the_teacher_chain(tmp_path):
     _run(tmp_path / "guided", "distill-guidance", 1200, "/weights/toy")
-    _run(tmp_path / "direct8", "distill-steps", 500, tmp_path / "guided" / "student")
+    _run(tmp_path / "direct8", "distill-steps", 500, tmp_path / "guided" / "student", mode="direct", from_steps=16,
+         to_steps=8, teacher_substeps=2)
     stages = training_budget(str(tmp_path / "direct8" / "student"))
     assert [(s["run"], s["steps"], s["samples"]) for s in stages] == [("guided", 1200, 38400), ("direct8", 500, 16000)]
+    assert [s["teacher_rows_per_sample"] for s in stages] == [2.0, 4.0]
+    assert [s["seconds_per_step"] for s in stages] == [round(12.34 / 1200, 3), round(12.34 / 500, 3)]
+
+
+def test_teacher_rows_per_sample_of_each_route():
+    base = {"mode": "direct", "from_steps": 16, "to_steps": 8, "teacher_substeps": 2, "cfg_prob": 0.1}
+    assert teacher_rows("distill-steps", base, teacher_takes_w=False) == 4 * 1.1  # CFG on 10% of batches
+    assert teacher_rows("distill-steps", {**base, "embed_guidance": True}, teacher_takes_w=False) == 8.0
+    assert teacher_rows("distill-steps", {**base, "to_steps": 4}, teacher_takes_w=True) == 8.0
+    assert teacher_rows("distill-steps", {**base, "mode": "progressive", "from_steps": 8, "to_steps": 4},
+                        teacher_takes_w=True) == 4.0
+    assert teacher_rows("distill-steps", {"mode": "consistency"}, teacher_takes_w=True) == 2.0
+    assert teacher_rows("distill-steps", {"mode": "consistency"}, teacher_takes_w=False) == 3.0
+    assert teacher_rows("distill-decoder", {}, teacher_takes_w=False) is None
 
 
 def _row(fid, exact, mse):

@@ -55,6 +55,27 @@ NOTES = {
 }
 
 
+def teacher_rows(stage: str, config: dict, teacher_takes_w: bool) -> float | None:
+    """Frozen-network UNet rows per training sample per optimisation step (a CFG call counts 2, the consistency
+    target network 1), from a run's recorded config; None for a stage this does not know.
+
+    `teacher_takes_w`: the teacher is a student folder (a w-conditioned student: one row per guided call)."""
+    rows_per_call = 1.0 if teacher_takes_w else 2.0   # a base teacher runs CFG on [uncond; cond]
+    if stage == "distill-guidance":
+        return 2.0
+    if stage != "distill-steps":
+        return None
+    if config.get("mode") == "consistency":
+        return rows_per_call + 1.0                       # one solver step of the teacher, one target call
+    n, m = config["from_steps"], config["to_steps"]
+    calls = n // m * config.get("teacher_substeps", 1)   # progressive rounds each halve: n // m = 2
+    if config["mode"] == "progressive":
+        calls = 2 * config.get("teacher_substeps", 1)
+    if not teacher_takes_w and not config.get("embed_guidance"):
+        rows_per_call = 1.0 + config.get("cfg_prob", 0.0)  # CFG only on the CFG-aware share of batches
+    return calls * rows_per_call
+
+
 def training_budget(student: str) -> list[dict]:
     """Every training stage behind a student folder, first stage first: run, steps, samples, seconds.
 
@@ -62,10 +83,13 @@ def training_budget(student: str) -> list[dict]:
     stages, folder = [], Path(student).parent
     while (folder / "manifest.json").is_file():
         m = json.loads((folder / "manifest.json").read_text())
-        stages.insert(0, {"run": folder.name, "stage": m["stage"], "steps": m["counts"]["steps"],
-                          "samples": m["counts"]["samples"], "train_seconds": round(m["metrics"]["train_seconds"], 1),
-                          "lr": m["config"]["common"]["train"]["lr"]})
         teacher = Path(m["inputs"][0]["path"])
+        steps = m["counts"]["steps"]
+        stages.insert(0, {"run": folder.name, "stage": m["stage"], "steps": steps,
+                          "samples": m["counts"]["samples"], "train_seconds": round(m["metrics"]["train_seconds"], 1),
+                          "seconds_per_step": round(m["metrics"]["train_seconds"] / max(steps, 1), 3),
+                          "teacher_rows_per_sample": teacher_rows(m["stage"], m["config"], teacher.name == "student"),
+                          "lr": m["config"]["common"]["train"]["lr"]})
         if teacher.name != "student":
             break
         folder = teacher.parent
