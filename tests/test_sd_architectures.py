@@ -34,13 +34,18 @@ def test_one_step_of_each_stage_then_sample_and_eval(cli, tmp_path, test_shards,
                        "--cond-dim", 32, *FAST)
     assert code == 0, err
     runs = {}
-    for mode in ("direct", "progressive"):
+    for mode in ("direct", "progressive"):  # consistency below: it takes no --from
         out = tmp_path / mode
         code, _, err = cli("distill-steps", "--teacher", tmp_path / "g" / "student", "--shards", test_shards,
                            "--out", out, "--from", 4, "--to", 2, "--mode", mode, *FAST)
         assert code == 0, err
         assert json.loads((out / "student" / "snapdistill.json").read_text())["resolution"] == 64
         runs[mode] = out
+    out = tmp_path / "consistency"
+    code, _, err = cli("distill-steps", "--teacher", tmp_path / "g" / "student", "--shards", test_shards, "--out", out,
+                       "--to", 2, "--mode", "consistency", *FAST)
+    assert code == 0, err
+    runs["consistency"] = out
     samples = []
     for name, folder in [("guided", tmp_path / "g"), *runs.items()]:
         s = tmp_path / "samples" / name
