@@ -152,15 +152,13 @@ def student_dir(tmp_path_factory, tiny_eps_dir):
 
 @pytest.fixture(scope="module")
 def tiny_decoder_run(tmp_path_factory, tiny_eps_dir, test_shards, student_dir):
-    from typer.testing import CliRunner
-
-    from snapdistill.cli import app
+    from snapdistill.distill import decoder_stage
+    from snapdistill.distill.loop import TrainConfig
 
     out = tmp_path_factory.mktemp("dec-run") / "dec"
-    result = CliRunner().invoke(app, ["distill-decoder", "--teacher", str(tiny_eps_dir), "--shards", str(test_shards),
-                                      "--arch", "tiny", "--max-steps", "2", "--batch-size", "4", "--into",
-                                      str(student_dir), "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    decoder_stage.run(decoder_stage.DecoderConfig(
+        teacher=str(tiny_eps_dir), shards=test_shards, out=out, arch="tiny", into=student_dir,
+        train=TrainConfig(max_steps=2, batch_size=4)))
     return out
 
 

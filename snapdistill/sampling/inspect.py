@@ -61,7 +61,9 @@ def time_parts(pipe, batch: int, size: int) -> dict:
     decode = _median_seconds(lambda: to_pixels(pipe.vae, latents)) / batch
     unet = _median_seconds(lambda: pipe.unet(latents, t, text, timestep_cond=cond)) / batch
     return {"s_per_decode": decode, "s_per_unet_call": unet}
-_per_image(steps: int, guidance: float, time_cond_proj_dim: int | None) -> int:
+
+
+def unet_calls_per_image(steps: int, guidance: float, time_cond_proj_dim: int | None) -> int:
     """steps × 2 with classifier-free guidance, else steps. As in diffusers' StableDiffusionPipeline, CFG runs
     when guidance > 1 and the UNet takes no guidance embedding (`time_cond_proj_dim`)."""
     cfg = guidance > 1 and time_cond_proj_dim is None
