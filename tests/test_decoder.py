@@ -186,16 +186,15 @@ def test_sample_with_the_small_decoder(cli, tmp_path, tiny_decoder_run, student_
     assert manifest["config"]["decoder"] == str((tiny_decoder_run / "decoder").resolve())
     assert manifest["inputs"][1]["role"] == "decoder"
     # The image is the small decoder's decoding of the student's latents.
+    import numpy as np
     from diffusers import StableDiffusionPipeline
     from PIL import Image
-    import numpy as np
 
-    pipe = StableDiffusionPipeline.from_pretrained(student_dir, safety_checker=None, requires_safety_checker=False)
-    pipe.vae = AutoencoderTiny.from_pretrained(tiny_decoder_run / "decoder")
-    from snapdistill.models.student_record import StudentRecord  # noqa: F401
     from snapdistill.sampling.render import generate, resolve_settings
     from snapdistill.sampling.stage import SampleConfig
 
+    pipe = StableDiffusionPipeline.from_pretrained(student_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.vae = AutoencoderTiny.from_pretrained(tiny_decoder_run / "decoder")
     settings, pipe.scheduler = resolve_settings(SampleConfig(model=str(student_dir), out=out), pipe, student_dir)
     want = to_uint8(generate(pipe, ["a red square"], [0], steps=settings["steps"], guidance=7.5, size=32))[0]
     got = np.asarray(Image.open(out / "images" / "00000-s0.png"))
