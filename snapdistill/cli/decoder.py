@@ -19,10 +19,10 @@ def distill_decoder(
     teacher: Teacher = "toy",
     shards: Shards = Path("runs/toy/shards"),
     out: Out = Path("runs/decoder"),
-    arch: Annotated[str, typer.Option("--arch", help="kl: the teacher's AutoencoderKL layout at --width of its "
-                                                     "channels (SnapFusion); tiny: AutoencoderTiny (TAESD).")] = "kl",
+    arch: Annotated[str, typer.Option("--arch", help="tiny: AutoencoderTiny (TAESD); kl: the teacher's AutoencoderKL "
+                                                     "layout at --width of its channels (SnapFusion).")] = "tiny",
     width: Annotated[float, typer.Option("--width", help="Channel multiplier in (0, 1].")] = 0.5,
-    loss: Annotated[str, typer.Option("--loss", help="Pixel loss to the teacher decoder's output: l1 or l2.")] = "l1",
+    loss: Annotated[str, typer.Option("--loss", help="Pixel loss to the teacher decoder's output: l2 or l1.")] = "l2",
     perceptual: Annotated[str | None, typer.Option(
         "--perceptual", help="Add a feature loss: 'toy' (the toy judge) or a folder in its format.")] = None,
     perceptual_weight: Annotated[float, typer.Option("--perceptual-weight", help="Weight of the feature loss.")] = 1.0,

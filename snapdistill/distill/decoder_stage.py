@@ -32,6 +32,7 @@ from snapdistill.outdir import check_out_apart
 
 LATENT_SOURCES = ("images", "sample")
 SAMPLED = "sampled-latents.safetensors"
+DEFAULT_LR = 4e-3
 
 
 @dataclass
@@ -40,9 +41,9 @@ class DecoderConfig:
     shards: Path                               # images (and captions for --latents-from sample)
     out: Path
     train: TrainConfig = field(default_factory=TrainConfig)
-    arch: str = "kl"                           # kl (teacher layout × width) | tiny (AutoencoderTiny)
+    arch: str = "tiny"                         # tiny (AutoencoderTiny) | kl (teacher layout × width)
     width: float = 0.5                         # channel multiplier, in (0, 1]
-    loss: str = "l1"                           # pixel loss: l1 | l2
+    loss: str = "l2"                           # pixel loss: l2 | l1
     perceptual: str | None = None              # feature network: "toy" (the toy judge) or a judge-format folder
     perceptual_weight: float = 1.0
     encoder_weight: float = 1.0                # the small VAE's own encoder learns the teacher's latents
@@ -221,7 +222,9 @@ def run(config: DecoderConfig) -> Path:
         if differ := space.differs(into_space):
             raise SnapdistillError(f"--into {config.into}: its VAE decodes another latent space ({'; '.join(differ)})")
     if config.train.lr is None:
-        config.train.lr = 1e-3  # a from-scratch conv net of this size; recorded in config.json and the manifest
+        # A from-scratch conv net: on the toy world (kl, width 0.5, L2, 600 steps) 4e-3 beat 1e-3/2e-3 and tied 8e-3;
+        # recorded in config.json and the manifest.
+        config.train.lr = DEFAULT_LR
     out = Path(config.out)
     prepare_run(out, resolved_config(config), resume=config.resume, overwrite=config.overwrite)
     resume_from = resume_point(out, config.resume)
