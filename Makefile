@@ -97,13 +97,15 @@ reproduce: install $(R)/report/manifest.json
 BENCH_GUIDED_STEPS ?= 1200
 BENCH_STEPS_STEPS ?= 500
 BENCH_ARCHS ?= bk-small
+# The small decoder of the bench's *_smalldec rows (distill-decoder, AutoencoderTiny at half width), at batch 16.
+BENCH_DECODER_STEPS ?= 2000
 ARCHS ?= $(BENCH_ARCHS)
 bench: install
 	$(MAKE) --no-print-directory RUNS=$(RUNS)/bench GUIDED_STEPS=$(BENCH_GUIDED_STEPS) \
 		STEPS_STEPS=$(BENCH_STEPS_STEPS) ARCHS="$(BENCH_ARCHS)" bench-runs
 	$(PY) -m snapdistill.bench --runs $(RUNS)/bench/toy --out bench.json
 
-bench-runs: $(foreach r,guided $(BENCH_STUDENTS) $(foreach a,$(ARCHS),arch-$(a)8),$(R)/$(r)/manifest.json)
+bench-runs: $(foreach r,guided $(BENCH_STUDENTS) $(foreach a,$(ARCHS),arch-$(a)8) decoder,$(R)/$(r)/manifest.json)
 
 $(R)/shards/manifest.json: | install
 	$(SD) build-data $(foreach s,$(SOURCES),--source $(s)) $(BUILD_FLAGS) --out $(R)/shards
@@ -152,6 +154,12 @@ $(R)/arch-$(1)8/manifest.json: $(R)/guided/manifest.json
 		--student-arch $(1) --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) $(ARCH_FLAGS) --overwrite --out $(R)/arch-$(1)8
 endef
 $(foreach a,$(ARCHS),$(eval $(call ARCH_RULE,$(a))))
+
+# The bench's small decoder (not part of reproduce): AutoencoderTiny at half the teacher's first-block channels,
+# L2, lr 4e-3 (the stage's defaults); ~3 min on 2 CPU cores.
+$(R)/decoder/manifest.json: $(R)/shards/manifest.json
+	$(SD) distill-decoder --teacher $(TEACHER) --shards $(R)/shards --arch tiny --width 0.5 --loss l2 \
+		--max-steps $(BENCH_DECODER_STEPS) --batch-size 16 --checkpoint-every 500 --overwrite --out $(R)/decoder
 
 # Sampled rows: the teacher (DPM-Solver++ with CFG 7.5) at 8/16/20 steps, the students at their own.
 $(R)/samples/teacher%/manifest.json: | install

@@ -47,6 +47,12 @@ ROWS = {
     "consistency_base4": ("consistency-base", 4, 7.5, None),
     "consistency_base8": ("consistency-base", 8, 7.5, None),
 }
+# Rows decoded by the small decoder of the `decoder` run (distill-decoder), beside the same model's own rows.
+DECODER_ROWS = {
+    "direct8_smalldec": ("direct8", None, 7.5, None, "direct8"),
+    "teacher16_smalldec": ("toy", 16, 7.5, None, "teacher16_cfg"),
+}
+DECODER_RUN = "decoder"
 REFERENCE = "teacher16_cfg"
 NOTES = {
     "progressive8": "the direct8 student: with a teacher that takes w, progressive 16->8 (one round) is the direct "
@@ -104,21 +110,22 @@ def _model_path(runs: Path, model: str) -> str | None:
     return str(folder / "student") if (folder / "manifest.json").is_file() else None
 
 
-def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts, out: Path) -> dict:
+def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts, out: Path,
+               decoder: Path | None = None) -> dict:
     """Render the row's images (reused when already there); return its sample manifest."""
     from snapdistill.sampling import stage as sample
 
     config = sample.SampleConfig(model=model, out=out / name, steps=steps, guidance=guidance, scheduler=scheduler,
-                                 batch_size=64, source={"toy_val": len(prompts)}, overwrite=True)
+                                 batch_size=64, source={"toy_val": len(prompts)}, overwrite=True, decoder=decoder)
     return json.loads(sample.run(config, prompts).read_text())
 
 
 def seconds_per_image(model: str, steps, guidance: float, scheduler, batch: int = 16,
-                      repeats: int = 3) -> tuple[float, int]:
+                      repeats: int = 3, decoder: Path | None = None) -> tuple[float, int]:
     """(wall-clock per image at batch 16, model loaded and warmed up (median of `repeats`); UNet parameters)."""
     from snapdistill.models.loading import load_pipeline, resolve_model
     from snapdistill.sampling import render
-    from snapdistill.sampling.stage import SampleConfig
+    from snapdistill.sampling.stage import SampleConfig, use_decoder
     from snapdistill.toy.world import toy_val_prompts
 
     resolved = resolve_model(model)
@@ -126,6 +133,7 @@ def seconds_per_image(model: str, steps, guidance: float, scheduler, batch: int 
     settings, pipe.scheduler = render.resolve_settings(
         SampleConfig(model=model, out=Path("."), steps=steps, guidance=guidance, scheduler=scheduler),
         pipe, resolved.path)
+    use_decoder(pipe, resolved.path, decoder)
     prompts, seeds = toy_val_prompts(batch), list(range(batch))
     kw = dict(steps=settings["steps"], guidance=guidance, size=settings["size"])
     render.generate(pipe, prompts, seeds, **kw)
@@ -153,11 +161,14 @@ def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
     judge = load_toy_judge()
     real = real_toy_features(judge)
     rows = {}
-    for name, (model, steps, guidance, scheduler) in ROWS.items():
+    decoder = runs / DECODER_RUN / "decoder" if (runs / DECODER_RUN / "manifest.json").is_file() else None
+    table = {**{k: (*v, None) for k, v in ROWS.items()},
+             **({k: (*v[:4], decoder) for k, v in DECODER_ROWS.items()} if decoder else {})}
+    for name, (model, steps, guidance, scheduler, small) in table.items():
         path = _model_path(runs, model)
         if path is None:
             continue
-        manifest = sample_row(name, path, steps, guidance, scheduler, prompts, out)
+        manifest = sample_row(name, path, steps, guidance, scheduler, prompts, out, decoder=small)
         folder = out / name
         listed = read_rows(folder)
         per_image = []
@@ -167,7 +178,7 @@ def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
         summary = toy_summary(per_image, real)
         ref = out / REFERENCE
         mse = image_mse(image_paths(folder, listed), image_paths(ref, read_rows(ref)))
-        s_img, params = seconds_per_image(path, steps, guidance, scheduler)
+        s_img, params = seconds_per_image(path, steps, guidance, scheduler, decoder=small)
         rows[name] = {
             "steps": manifest["config"]["steps"], "guidance": guidance,
             "fid": summary["fid"], "acc": summary["acc"], "exact": summary["exact"],
@@ -231,6 +242,38 @@ def ratios(rows: dict) -> dict:
     if "direct8" in rows and ref in rows:
         out["S"] = rows[ref]["s_per_image"] / rows["direct8"]["s_per_image"]
     return {k: v for k, v in out.items() if v is not None}
+
+
+@torch.no_grad()
+def decoder_figures(runs: Path, rows: dict, n: int = 1024, batch: int = 16) -> dict:
+    """The small decoder against the teacher's: parameters, decode speed (batch 16, warmed up), PSNR on the
+    teacher encoder's latents of `n` toy val images, and the whole pipeline's toy FID and exact accuracy."""
+    from snapdistill.distill.data import encode_latents
+    from snapdistill.distill.small_decoder import decoder_parameters, psnr_db, to_pixels
+    from snapdistill.models.decoder import load_decoder
+    from snapdistill.sampling.inspect import _median_seconds
+    from snapdistill.toy.judge import toy_tensors
+    from snapdistill.toy.paths import load_toy_teacher
+
+    if not (runs / DECODER_RUN / "manifest.json").is_file():
+        return {}
+    teacher = load_toy_teacher().vae.eval()
+    small, _ = load_decoder(runs / DECODER_RUN / "decoder")
+    x, _ = toy_tensors("val", n)
+    z = torch.cat([encode_latents(teacher, part) for part in x.split(256)])
+    psnr = torch.cat([psnr_db(to_pixels(small, part), to_pixels(teacher, part)) for part in z.split(256)])
+    speed = {name: _median_seconds(lambda vae=vae: to_pixels(vae, z[:batch]), repeats=5) / batch
+             for name, vae in (("teacher", teacher), ("small", small))}
+    out = {"decoder_params": decoder_parameters(small) / decoder_parameters(teacher),
+           "decoder_speedup": speed["teacher"] / speed["small"], "decoder_psnr_db": float(psnr.mean()),
+           "decoder_s_per_image": speed["small"], "teacher_decoder_s_per_image": speed["teacher"]}
+    for name, (_, _, _, _, own) in DECODER_ROWS.items():
+        if name in rows and own in rows:
+            out[f"{name}_fid_ratio"] = rows[name]["fid"] / rows[own]["fid"]
+            out[f"{name}_exact_diff"] = rows[name]["exact"] - rows[own]["exact"]
+    if "direct8_smalldec" in rows and REFERENCE in rows:
+        out["S_smalldec"] = rows[REFERENCE]["s_per_image"] / rows["direct8_smalldec"]["s_per_image"]
+    return out
 
 
 def arch_figures(rows: dict) -> dict:
@@ -319,7 +362,7 @@ def print_table(result: dict) -> None:
     console.print(table)
     for name, r in result.get("arch", {}).items():
         console.print(f"[bold]arch {name}[/bold]: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()))
-    for section in ("judge", "ratios", "distill_step", "data"):
+    for section in ("judge", "ratios", "decoder", "distill_step", "data"):
         if section in result:
             console.print(f"[bold]{section}[/bold]: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result[section].items()))
@@ -341,6 +384,13 @@ def main(argv: list[str] | None = None) -> None:
     result["ratios"] = ratios(result["toy"])
     if arch := arch_figures(result["toy"]):
         result["arch"] = arch
+    if small := decoder_figures(runs, result["toy"]):
+        result["decoder"] = small
+        result["ratios"].update({k: small[k] for k in ("decoder_params", "decoder_speedup", "decoder_psnr_db")})
+        if "direct8_smalldec_fid_ratio" in small:
+            result["ratios"]["decoder_fid"] = small["direct8_smalldec_fid_ratio"]
+        if "S_smalldec" in small:
+            result["ratios"]["S_smalldec"] = small["S_smalldec"]
     cost = step_cost(runs)
     if cost:
         result["distill_step"] = cost

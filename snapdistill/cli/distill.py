@@ -60,11 +60,21 @@ def _common(args: dict):
     return CommonConfig(train=train, **{k: v for k, v in args.items() if k in common_keys})
 
 
-def _training_options(
+def _student_options(
     student_prediction: StudentPrediction = "same",
     student_arch: StudentArch = "same",
     feat_weight: FeatWeight = None,
     out_weight: OutWeight = 1.0,
+    caption_dropout: CaptionDropout = 0.1,
+    val_prompts: ValPrompts = 4,
+    resolution: Resolution = None,
+    optimizer: Optimizer = "adamw",
+    report_to: ReportTo = "none",
+) -> None:
+    """The UNet-student options both distillation commands take."""
+
+
+def _loop_options(
     max_steps: MaxSteps = 500,
     max_minutes: MaxMinutes = None,
     batch_size: BatchSize = 16,
@@ -76,11 +86,6 @@ def _training_options(
     gradient_checkpointing: GradCheckpointing = False,
     checkpoint_every: CheckpointEvery = 100,
     validate_every: ValidateEvery = 0,
-    val_prompts: ValPrompts = 4,
-    resolution: Resolution = None,
-    optimizer: Optimizer = "adamw",
-    report_to: ReportTo = "none",
-    caption_dropout: CaptionDropout = 0.1,
     seed: Seed = 0,
     device: Device = None,
     allow_download: AllowDownload = False,
@@ -88,11 +93,17 @@ def _training_options(
     overwrite: Overwrite = False,
     dry_run: DryRun = False,
 ) -> None:
-    """The options both distillation commands take, listed once; `training_command` adds them to each."""
+    """The training-loop options every training command takes, listed once; `training_command` and
+    `loop_command` add them to each."""
 
 
 def training_command(command):
-    """`command` with `_training_options`' parameters appended to its own.
+    """`command` with the UNet-student and training-loop options appended to its own (see `loop_command`)."""
+    return loop_command(command, _student_options)
+
+
+def loop_command(command, *extra):
+    """`command` with the parameters of `extra` option lists, then `_loop_options`', appended to its own.
 
     Typer reads a command's options from `__signature__` and `__annotations__`, so the shared options are
     declared once (above) and reach the command as `**shared`.
@@ -106,7 +117,8 @@ def training_command(command):
     def wrapper(**kwargs):
         return command(**kwargs)
 
-    wrapper.__signature__ = inspect.Signature([*params(command), *params(_training_options)])
+    shared = [p for options in (*extra, _loop_options) for p in params(options)]
+    wrapper.__signature__ = inspect.Signature([*params(command), *shared])
     wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
     return wrapper
 

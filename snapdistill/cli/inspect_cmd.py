@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,9 +22,11 @@ def inspect(
     dtype: Dtype = "fp32",
     device: Device = None,
     allow_download: AllowDownload = False,
+    decoder: Annotated[Path | None, typer.Option("--decoder", help="A distill-decoder OUT/decoder folder instead of the model's VAE.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Print a model's UNet parameter count, UNet calls per image and measured seconds per image.
+    """Print a model's UNet and decoder parameter counts, UNet calls per image and measured seconds per image,
+    per UNet call and per decode.
 
     Examples:
 
@@ -31,12 +34,15 @@ def inspect(
 
       snapdistill inspect runs/small8/student
 
+      snapdistill inspect runs/direct8/student --decoder runs/dec/decoder
+
       snapdistill inspect sd15 --steps 8 --guidance 7.5 --size 512 --device cuda --dtype bf16 --json
     """
     from snapdistill.sampling.inspect import InspectConfig, inspect_model
 
     r = inspect_model(InspectConfig(model=model, steps=steps, guidance=guidance, batch_size=batch_size, size=size,
-                                    dtype=dtype, device=device, allow_download=allow_download))
+                                    dtype=dtype, device=device, allow_download=allow_download,
+                                    decoder=decoder))
     if as_json:
         typer.echo(json.dumps(r, indent=2))
         return
@@ -53,3 +59,6 @@ def inspect(
     typer.echo(f"training memory per process (estimate; same-size student, AdamW, EMA, batch {r['batch_size']}, "
                f"{r['size']} px, {r['dtype']}): {size_text(mem['plain']['total'])}, with gradient checkpointing "
                f"{size_text(mem['checkpointed']['total'])} (frozen parts {size_text(mem['plain']['frozen teacher, VAE, text encoder'])})")
+    typer.echo(f"decoder parameters: {r['decoder_parameters']:,} ({r['decoder_parameters'] / 1e6:.2f}M)"
+               + (f" from {r['decoder']}" if r["decoder"] else ""))
+    typer.echo(f"s per image: UNet call {r['s_per_unet_call']:.5f}, decode {r['s_per_decode']:.5f}")

@@ -34,6 +34,7 @@ def sample(
     allow_download: AllowDownload = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace images in --out made with other settings or by a model changed since.")] = False,
     allow_off_grid: Annotated[bool, typer.Option("--allow-off-grid", help="Let --steps/--scheduler sample a step-distilled student off the grid it was trained on (recorded in the manifest).")] = False,
+    decoder: Annotated[Path | None, typer.Option("--decoder", help="A distill-decoder OUT/decoder folder: decode with it instead of the model's VAE.")] = None,
     dry_run: DryRun = False,
 ) -> None:
     """Render prompts into OUT/images, with prompts.jsonl, grid.png and manifest.json.
@@ -48,6 +49,8 @@ def sample(
 
       snapdistill sample --teacher runs/consistency/student --toy-val 64 --steps 4 --out runs/lcm4
 
+      snapdistill sample --teacher runs/direct8/student --decoder runs/dec/decoder --toy-val 64 --out runs/s8-smalldec
+
       accelerate launch -m snapdistill sample --teacher sd15 --prompts prompts.txt --out runs/x
     """
     from snapdistill.sampling import stage
@@ -59,7 +62,7 @@ def sample(
         model=teacher, out=out, source={k: v for k, v in source.items() if v is not None}, steps=steps,
         guidance=guidance, size=size, scheduler=scheduler, spacing=spacing, negative_prompt=negative_prompt,
         seed=seed, batch_size=batch_size, dtype=dtype, device=device, allow_download=allow_download,
-        overwrite=overwrite, allow_off_grid=allow_off_grid,
+        overwrite=overwrite, allow_off_grid=allow_off_grid, decoder=decoder,
     )
     # Checked before the prompts are read: --limit 0 or -1 would silently change which prompts.
     if checked_dry_run(config, dry_run):

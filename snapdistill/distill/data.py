@@ -180,7 +180,8 @@ class TextEmbeddings:
 
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Clean latents x0 = mean of the VAE posterior × scaling_factor (deterministic), in fp32 whatever the VAE's
-    dtype."""
-    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-    return vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor
+    """Clean latents x0 = mean of the VAE posterior × scaling_factor (deterministic; an AutoencoderTiny's own
+    latents, see `small_decoder.to_latents`), in fp32 whatever the VAE's dtype."""
+    from snapdistill.distill.small_decoder import to_latents
+
+    return to_latents(vae, pixels.to(device=vae.device, dtype=vae.dtype)).float()

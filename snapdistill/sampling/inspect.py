@@ -1,4 +1,5 @@
-"""What a model costs: UNet parameters, UNet calls per image, and the measured seconds per image."""
+"""What a model costs: UNet and decoder parameters, UNet calls per image, and the measured seconds per image,
+per UNet call and per decode."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from snapdistill.distill.small_decoder import decoder_parameters
 from snapdistill.errors import SnapdistillError
 from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
 from snapdistill.sampling.render import count_unet_rows, generate, resolve_settings
-from snapdistill.sampling.stage import SampleConfig
+from snapdistill.sampling.stage import SampleConfig, use_decoder
 
 TIMING_PROMPT = "a red circle on the left and a blue square at the top, white background"
 
@@ -25,6 +29,38 @@ class InspectConfig:
     dtype: str = "fp32"
     device: str | None = None
     allow_download: bool = False
+    decoder: Path | None = None      # a distill-decoder OUT/decoder folder used instead of the model's VAE
+
+
+def _median_seconds(fn, repeats: int = 3) -> float:
+    """Median wall-clock seconds of `fn()` after one warm-up call."""
+    import statistics
+
+    fn()
+    values = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        fn()
+        values.append(time.perf_counter() - tick)
+    return statistics.median(values)
+
+
+@torch.no_grad()
+def time_parts(pipe, batch: int, size: int) -> dict:
+    """Seconds per image of one decode and of one UNet call (a batch of `batch` latents, warmed up)."""
+    from snapdistill.distill.small_decoder import to_pixels
+
+    side = size // pipe.vae_scale_factor
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(batch, pipe.unet.config.in_channels, side, side, generator=g).to(pipe.device, pipe.unet.dtype)
+    text = torch.zeros(batch, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size,
+                       device=pipe.device, dtype=pipe.unet.dtype)
+    w_dim = pipe.unet.config.time_cond_proj_dim
+    cond = torch.zeros(batch, w_dim, device=pipe.device, dtype=pipe.unet.dtype) if w_dim else None
+    t = torch.full((batch,), 500, device=pipe.device)
+    decode = _median_seconds(lambda: to_pixels(pipe.vae, latents)) / batch
+    unet = _median_seconds(lambda: pipe.unet(latents, t, text, timestep_cond=cond)) / batch
+    return {"s_per_decode": decode, "s_per_unet_call": unet}
 
 
 def unet_calls_per_image(steps: int, guidance: float, time_cond_proj_dim: int | None) -> int:
@@ -79,6 +115,7 @@ def inspect_model(config: InspectConfig) -> dict:
     sample_config = SampleConfig(model=config.model, out=Path("."), steps=config.steps, guidance=config.guidance,
                                  size=config.size)
     settings, pipe.scheduler = resolve_settings(sample_config, pipe, model.path)
+    decoder = use_decoder(pipe, model.path, config.decoder)
     unet = pipe.unet.config
     timing = time_sampling(pipe, prompts, steps=settings["steps"],
                            guidance=config.guidance, size=settings["size"])
@@ -93,6 +130,9 @@ def inspect_model(config: InspectConfig) -> dict:
         "guidance_embedding": unet.time_cond_proj_dim is not None,
         "unet_calls_per_image": unet_calls_per_image(settings["steps"], config.guidance, unet.time_cond_proj_dim),
         **timing,
+        "decoder": decoder.get("decoder"),
+        "decoder_parameters": decoder_parameters(pipe.vae),
+        **time_parts(pipe, len(prompts), settings["size"]),
         "size": settings["size"],
         "scheduler": settings["scheduler"]["class"],
         "batch_size": len(prompts),

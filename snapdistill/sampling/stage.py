@@ -39,7 +39,8 @@ from snapdistill.sampling.render import check_grid, count_unet_rows, generate, r
 GRID_IMAGES = 16
 RUN_CONFIG = "run.json"
 # Settings that decide the pixels: a rerun into the same folder must match them to reuse images.
-_IMAGE_KEYS = ("model_path", "model_fingerprint", "steps", "guidance", "size", "scheduler", "negative_prompt", "dtype")
+_IMAGE_KEYS = ("model_path", "model_fingerprint", "steps", "guidance", "size", "scheduler", "negative_prompt", "dtype",
+               "decoder", "decoder_fingerprint")
 
 
 @dataclass
@@ -62,6 +63,7 @@ class SampleConfig:
     allow_download: bool = False
     overwrite: bool = False                      # replace images made with other settings or another model
     allow_off_grid: bool = False                 # let --steps/--scheduler leave a step-distilled student's grid
+    decoder: Path | None = None                  # a distill-decoder OUT/decoder folder used instead of the model's VAE
 
     def check(self) -> None:
         """Refuse impossible numbers with one line, before prompts are read or the model loads."""
@@ -75,8 +77,21 @@ class SampleConfig:
 
     def inputs(self, model_path: Path) -> dict:
         """What this run reads, by flag: `--out` must stay apart from all of it."""
-        return {"--teacher": model_path, **{f"--{k.replace('_', '-')}": self.source.get(k)
-                                            for k in ("prompts", "coco", "hps_benchmark")}}
+        return {"--teacher": model_path, "--decoder": self.decoder,
+                **{f"--{k.replace('_', '-')}": self.source.get(k) for k in ("prompts", "coco", "hps_benchmark")}}
+
+
+def use_decoder(pipe, model_path: Path, decoder: Path | None) -> dict:
+    """Swap the small decoder of `decoder` into `pipe` (refused when trained for another latent space); return
+    the settings that identify it (none without one)."""
+    if decoder is None:
+        return {}
+    from snapdistill.models.decoder import pipeline_latent_space, swap_decoder
+    from snapdistill.sampling.render import model_fingerprint
+
+    vae_dir = Path(model_path) / "vae" if Path(model_path).is_dir() else None
+    swap_decoder(pipe, Path(decoder), pipeline_latent_space(pipe, vae_dir))
+    return {"decoder": str(Path(decoder).resolve()), "decoder_fingerprint": model_fingerprint(Path(decoder))}
 
 
 def image_name(item: PromptItem, seed: int) -> str:
@@ -146,6 +161,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     prepare_out(out, config.inputs(model.path), create=state.is_main_process)
     pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
     settings, pipe.scheduler = resolve_settings(config, pipe, model.path)
+    settings.update(use_decoder(pipe, model.path, config.decoder))
     if state.is_main_process:
         _check_rerun(out, settings, config.overwrite)
         previous = (read_manifest(out) or {}).get("metrics", {})  # same settings: its costs still hold
@@ -190,7 +206,8 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
         out,
         stage="sample",
         config={**asdict(config), **settings, "device": device},
-        inputs=[input_entry(model.path, spec=config.model)],
+        inputs=[input_entry(model.path, spec=config.model)]
+        + ([input_entry(Path(config.decoder).parent, role="decoder")] if config.decoder else []),
         outputs={"images": "images", "prompts": "prompts.jsonl", "grid": "grid.png"},
         counts={"images": len(items), "rendered_now": rendered, "skipped_present": len(items) - len(todo),
                 "processes": state.num_processes},
