@@ -1,5 +1,9 @@
 """Training pairs from WebDataset shards (keys `jpg`, `txt`), turned into latent batches.
 
+Shards written by `cache-latents` also carry each sample's latent and text embedding
+(`snapdistill.data.latent_cache`); with `cached=` the stream reads those instead of the image and caption,
+in the same order.
+
 The order is a pure function of (seed, epoch), so a resumed run sees exactly the samples an
 uninterrupted one would: it skips the `consumed` samples it already trained on. With several
 processes, webdataset's `split_by_node` gives each rank its own shards.
@@ -100,11 +104,28 @@ class ShardPairs:
     A sample without `jpg` or `txt`, or whose image does not decode, and the rest of a tar cut short,
     are skipped and counted; the count goes to stderr once per epoch, and more than 10% of an epoch
     unreadable stops training with one line. Skipping depends only on the bytes, so the order of the
-    readable samples is still a pure function of (seed, epoch).
+    readable samples is still a pure function of (seed, epoch). From cached shards, a sample without its
+    `latent.npy` and `txt_emb.npy`, or whose arrays do not load with the recorded shapes, is skipped the same way.
     """
 
-    def __init__(self, shards: list[str], *, size: int, seed: int = 0):
-        self.shards, self.size, self.seed = list(shards), size, seed
+    def __init__(self, shards: list[str], *, size: int, seed: int = 0, cached: dict | None = None):
+        # cached: the shards' cache record; then samples are (latent, text embedding) and batches are tensors.
+        self.shards, self.size, self.seed, self.cached = list(shards), size, seed, cached
+
+    def _decode(self, raw: dict) -> tuple:
+        if self.cached is None:
+            return _decode(raw)
+        from snapdistill.data.latent_cache import decode_cached
+
+        return decode_cached(raw, self.cached)
+
+    def _item(self, sample: tuple) -> tuple:
+        return sample if self.cached is not None else (_to_tensor(sample[0], self.size), sample[1])
+
+    def _collate(self, items: list[tuple]) -> tuple:
+        if self.cached is not None:
+            return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]).float()
+        return torch.stack([p for p, _ in items]), [c for _, c in items]
 
     def _epoch(self, epoch: int) -> Iterator[tuple]:
         import webdataset as wds
@@ -118,7 +139,7 @@ class ShardPairs:
         buffer: list = []
         for raw in ds:
             try:
-                sample = _decode(raw)
+                sample = self._decode(raw)
             except Exception as exn:  # one damaged sample must not stop a long run
                 bad.add(f"{raw.get('__url__')}: {raw.get('__key__')}", exn)
                 bad.check()
@@ -134,18 +155,19 @@ class ShardPairs:
         yield from buffer
 
     def batches(self, batch_size: int, *, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[str]]]:
-        """Batches of (pixels [B,3,S,S], captions), after skipping the first `skip` samples."""
+        """Batches of (pixels [B,3,S,S], captions), after skipping the first `skip` samples; from cached shards,
+        (latents [B,C,h,w], text embeddings [B,L,D]), both fp32."""
         epoch, seen, items = 0, 0, []
         while True:
             got = 0
-            for image, caption in self._epoch(epoch):
+            for sample in self._epoch(epoch):
                 got += 1
                 seen += 1
                 if seen <= skip:
                     continue
-                items.append((_to_tensor(image, self.size), caption))
+                items.append(self._item(sample))
                 if len(items) == batch_size:
-                    yield torch.stack([p for p, _ in items]), [c for _, c in items]
+                    yield self._collate(items)
                     items = []
             if got == 0:
                 raise SnapdistillError("this process received no training samples; use at least as many shards as processes")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from snapdistill.data.latent_cache import cache_identity, cache_record, check_cache
 from snapdistill.distill import tracking
 from snapdistill.distill.arch import check_arch
 from snapdistill.distill.data import ShardPairs, TextEmbeddings, encode_latents, find_shards
@@ -100,6 +101,11 @@ def load_teacher(common: CommonConfig) -> Teacher:
     device = common.device or str(process_state().device)
     pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
     check_resolution(common.resolution, unet=dict(pipe.unet.config), vae=dict(pipe.vae.config))
+    record = cache_record(common.shards)
+    if record is not None:  # before training: cached latents of another VAE, text encoder or size are refused
+        identity = cache_identity(pipe, model_path=model.path, single_file=model.single_file,
+                                  size=train_size(pipe, common))
+        check_cache(record, identity, shards=common.shards, teacher=common.teacher)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
     if common.train.lr is None:  # resolved here, so config.json and the manifest record the rate used
@@ -176,9 +182,16 @@ def native_size(pipe) -> int:
 
 
 def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int], Iterator], Callable]:
-    """(batches(skip) of raw (pixels, captions), prepare(raw, gen) -> Batch on the teacher's device)."""
+    """(batches(skip) of raw (pixels, captions), prepare(raw, gen) -> Batch on the teacher's device).
+
+    From shards with cached latents (checked against the teacher by `load_teacher`), raw batches are (latents,
+    text embeddings) and only the empty caption is encoded here; the order and the caption-dropout draws are
+    the same as from the images.
+    """
     pipe = teacher.pipe
-    pairs = ShardPairs(find_shards(common.shards), size=train_size(pipe, common), seed=common.train.seed)
+    cached = cache_record(common.shards)
+    pairs = ShardPairs(find_shards(common.shards), size=train_size(pipe, common), seed=common.train.seed,
+                       cached=cached)
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
 
     def batches(skip: int) -> Iterator:
@@ -190,7 +203,14 @@ def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int],
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         return Batch(latents=encode_latents(pipe.vae, pixels), cond=text(captions), uncond=text([""]))
 
-    return batches, prepare
+    def prepare_cached(raw, gen: torch.Generator) -> Batch:
+        latents, embeddings = raw
+        drop = torch.rand(len(latents), generator=gen) < common.caption_dropout
+        uncond = text([""])
+        cond = torch.where(drop[:, None, None].to(uncond.device), uncond, embeddings.to(uncond.device))
+        return Batch(latents=latents.to(pipe.device), cond=cond, uncond=uncond)
+
+    return batches, (prepare if cached is None else prepare_cached)
 
 
 def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *, teacher_steps: int,
