@@ -61,7 +61,17 @@ def _root(
 
 def _register() -> None:
     # Commands register themselves on import; only working commands are listed here.
-    from snapdistill.cli import build_data, decoder, distill, eval, inspect_cmd, recaption, sample, toy  # noqa: F401
+    from snapdistill.cli import (  # noqa: F401
+        build_data,
+        cache_latents,
+        decoder,
+        distill,
+        eval,
+        inspect_cmd,
+        recaption,
+        sample,
+        toy,
+    )
 
 
 _register()
