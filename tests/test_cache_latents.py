@@ -3,6 +3,7 @@
 import io
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -165,3 +166,18 @@ def _npy(array):
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
+
+
+def test_a_stopped_run_resumes_to_the_same_bytes_and_refuses_other_settings(cli, tmp_path, cached, tiny_eps_dir,
+                                                                             tiny_v_dir, test_shards):
+    out = tmp_path / "resumed"
+    shutil.copytree(cached["fp16"], out)
+    (out / "manifest.json").unlink()
+    (out / "toy-000001.tar").unlink()
+    (out / "toy-000002.tar").write_bytes(b"half")  # a shard without its stats file is not done: written again
+    (out / "stats" / "toy-000002.tar.json").unlink()
+    code, _, err = cli("cache-latents", "--teacher", tiny_v_dir, "--shards", test_shards, "--out", out)
+    assert code == 2 and "made with other settings" in err and "vae_sha256" in err
+    _cache(cli, tiny_eps_dir, test_shards, out)
+    for shard in sorted(test_shards.glob("*.tar")):
+        assert (out / shard.name).read_bytes() == (cached["fp16"] / shard.name).read_bytes()
