@@ -121,3 +121,57 @@ def test_landing_target_error_gains_on_the_8_step_grid():
     assert max(gains_eps) == pytest.approx(3.64, abs=0.01)  # at most ~3.6...
     assert gains_eps.index(max(gains_eps)) == 6  # ...on the interval 249 → 124, near the clean end
     assert gains_eps[0] == pytest.approx(1.01, abs=0.01)
+
+
+def _fake_eps(z: torch.Tensor, t: int) -> torch.Tensor:
+    """A deterministic stand-in model whose eps depends on the sample and the timestep."""
+    return torch.tanh(0.7 * z + 0.001 * t) - 0.2 * z
+
+
+def test_dpm_solver_pp_steps_match_diffusers_multistep_scheduler():
+    """Our first-order start and 2M steps give what diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2,
+    the sampler of every teacher row) gives on the same timesteps and model outputs."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from snapdistill.diffusion import dpm_solver_pp_step, step_h
+
+    points = [999, 874, 749, 624, 499, 374]
+    sched = DPMSolverMultistepScheduler.from_config(SD_SCHEDULER_CONFIG, solver_order=2, lower_order_final=False,
+                                                     algorithm_type="dpmsolver++")
+    sched.set_timesteps(timesteps=points)
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref, ours = [z0], [z0]
+    x0_prev = h_prev = None
+    for k, t in enumerate(points[:-1]):  # diffusers' last step (onto sigma 0) is not compared
+        ref.append(sched.step(_fake_eps(ref[-1], t), t, ref[-1]).prev_sample)
+        a, s = SD.alpha_sigma(torch.tensor([t]))
+        a2, s2 = SD.alpha_sigma(torch.tensor([points[k + 1]]))
+        z = ours[-1]
+        x0 = (z - s.view(-1, 1, 1, 1) * _fake_eps(z, t)) / a.view(-1, 1, 1, 1)
+        ours.append(dpm_solver_pp_step(z=z, x0=x0, alpha=a, sigma=s, alpha_next=a2, sigma_next=s2, x0_prev=x0_prev,
+                                       h_prev=h_prev))
+        x0_prev, h_prev = x0, step_h(alpha=a, sigma=s, alpha_next=a2, sigma_next=s2)
+    for k in range(1, len(ours)):
+        assert torch.allclose(ours[k], ref[k], atol=1e-4, rtol=1e-4), k
+    # The second-order steps differ from DDIM's (so the check above could fail for a first-order step).
+    a, s = SD.alpha_sigma(torch.tensor([points[1]]))
+    a2, s2 = SD.alpha_sigma(torch.tensor([points[2]]))
+    x0 = (ours[1] - s.view(-1, 1, 1, 1) * _fake_eps(ours[1], points[1])) / a.view(-1, 1, 1, 1)
+    eps = _fake_eps(ours[1], points[1])
+    assert not torch.allclose(ddim_step(x0=x0, eps=eps, alpha_next=a2, sigma_next=s2), ours[2], atol=1e-4)
+
+
+def test_dpm_solver_pp_first_order_is_ddim_and_a_step_onto_sigma_zero_returns_x0():
+    from snapdistill.diffusion import dpm_solver_pp_step
+
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    a, s = SD.alpha_sigma(torch.tensor([900, 500, 300]))
+    a2, s2 = SD.alpha_sigma(torch.tensor([700, 250, 100]))
+    eps = (z - a.view(-1, 1, 1, 1) * x0) / s.view(-1, 1, 1, 1)
+    first = dpm_solver_pp_step(z=z, x0=x0, alpha=a, sigma=s, alpha_next=a2, sigma_next=s2)
+    assert torch.allclose(first, ddim_step(x0=x0, eps=eps, alpha_next=a2, sigma_next=s2), atol=1e-5)
+    ones, zeros = torch.ones(3), torch.zeros(3)
+    last = dpm_solver_pp_step(z=z, x0=x0, alpha=a, sigma=s, alpha_next=ones, sigma_next=zeros,
+                              x0_prev=torch.zeros_like(x0), h_prev=torch.ones(3))
+    assert torch.allclose(last, x0, atol=1e-6)

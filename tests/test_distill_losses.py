@@ -117,3 +117,41 @@ def test_teacher_substeps_split_each_teacher_step():
     assert (own.substeps, fine.substeps) == (2, 4) and own.grid == fine.grid
     coarse_points, fine_points = teacher_points(999, 874, 2), teacher_points(999, 874, 4)
     assert set(coarse_points) <= set(fine_points) and len(fine_points) == 5
+
+
+def test_dpm_solver_landing_is_ddim_for_one_substep_and_the_2m_chain_for_more():
+    """--teacher-solver dpmsolver++: the landing's first substep is the DDIM step, each later one the 2M step on
+    the landing's own history (dpm_solver_pp_step, itself checked against diffusers in test_ddim.py)."""
+    from snapdistill.diffusion import alpha_sigma_at, dpm_solver_pp_step, step_h
+    from snapdistill.distill.grid import teacher_points
+
+    torch.manual_seed(0)
+    teacher = Guided(DiffusionModel(tiny_components()["unet"].eval(), SCHEDULE, "epsilon"), None)
+    student = StudentKind("epsilon", None)
+    batch = _batch()
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    t, t_next, s = torch.tensor([999, 749, 499]), torch.tensor([749, 499, 249]), torch.full((3,), 4.0)
+    ddim1 = _step_loss(teacher, student, substeps=1).teacher_landing(z, t, t_next, batch, s)
+    dpm1 = _step_loss(teacher, student, substeps=1, solver="dpmsolver++").teacher_landing(z, t, t_next, batch, s)
+    assert torch.allclose(ddim1, dpm1, atol=1e-5)
+
+    dpm3 = _step_loss(teacher, student, substeps=3, solver="dpmsolver++").teacher_landing(z, t, t_next, batch, s)
+    points = torch.tensor([teacher_points(a, b, 3) for a, b in zip(t.tolist(), t_next.tolist())])
+    zk, x0_prev, h_prev = z, None, None
+    with torch.no_grad():
+        for k in range(3):
+            pred = teacher(zk, points[:, k], batch.cond, batch.uncond, s)
+            a, sg = alpha_sigma_at(SCHEDULE, FINAL, points[:, k])
+            a2, s2 = alpha_sigma_at(SCHEDULE, FINAL, points[:, k + 1])
+            zk = dpm_solver_pp_step(z=zk, x0=pred.x0, alpha=a, sigma=sg, alpha_next=a2, sigma_next=s2,
+                                    x0_prev=x0_prev, h_prev=h_prev)
+            x0_prev, h_prev = pred.x0, step_h(alpha=a, sigma=sg, alpha_next=a2, sigma_next=s2)
+    assert torch.allclose(dpm3, zk, atol=1e-5)
+    ddim3 = _step_loss(teacher, student, substeps=3).teacher_landing(z, t, t_next, batch, s)
+    assert (dpm3 - ddim3).abs().max() > 1e-3
+
+
+def test_an_unknown_teacher_solver_is_refused(cli, tmp_path, test_shards):
+    code, _, err = cli("distill-steps", "--teacher", "toy", "--shards", test_shards, "--teacher-solver", "heun",
+                       "--out", tmp_path / "x")
+    assert code == 2 and err.strip() == "error: unknown --teacher-solver 'heun'; choose one of ddim, dpmsolver++"

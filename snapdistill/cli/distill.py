@@ -192,6 +192,9 @@ def distill_steps(
     teacher_substeps: Annotated[int, typer.Option(
         "--teacher-substeps", help="DDIM substeps per teacher step in the landing target (1: the teacher's own "
                                    "N-step trajectory; more: closer to its ODE, at that many times the teacher calls).")] = 2,
+    teacher_solver: Annotated[str, typer.Option(
+        "--teacher-solver", help="The teacher's solver in the landing target: ddim, or dpmsolver++ (second order, "
+                                 "2M, on each landing's own substeps).")] = "ddim",
     loss: Annotated[str | None, typer.Option(
         "--loss", help="consistency: distance between online and target outputs, huber (pseudo-Huber) or l2 "
                        "[default: huber].")] = None,
@@ -229,5 +232,5 @@ def distill_steps(
                                target_space=target_space, cfg_prob=cfg_prob,
                                cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
                                embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps,
-                               consistency=consistency)
+                               teacher_solver=teacher_solver, consistency=consistency)
     _launch(config, stage.run, shared["dry_run"], {"time_cond_proj_dim": cond_dim} if embed_guidance else None)

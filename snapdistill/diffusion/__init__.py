@@ -12,7 +12,14 @@ from snapdistill.diffusion.convert import (
     x0_from_eps,
     x0_from_v,
 )
-from snapdistill.diffusion.ddim import ddim_step, eps_for_landing, v_for_landing, x0_for_landing
+from snapdistill.diffusion.ddim import (
+    ddim_step,
+    dpm_solver_pp_step,
+    eps_for_landing,
+    step_h,
+    v_for_landing,
+    x0_for_landing,
+)
 from snapdistill.diffusion.guidance import cfg, guidance_embedding, student_w
 from snapdistill.diffusion.schedule import NoiseSchedule, alpha_sigma_at, noisy
 from snapdistill.diffusion.teacher import DiffusionModel, Prediction
@@ -26,7 +33,9 @@ __all__ = [
     "cfg",
     "check_prediction_type",
     "ddim_step",
+    "dpm_solver_pp_step",
     "eps_for_landing",
+    "step_h",
     "eps_from_v",
     "eps_from_x0",
     "from_x0_eps",

@@ -16,7 +16,15 @@ from typing import NamedTuple
 
 import torch
 
-from snapdistill.diffusion import NoiseSchedule, Prediction, alpha_sigma_at, ddim_step, noisy
+from snapdistill.diffusion import (
+    NoiseSchedule,
+    Prediction,
+    alpha_sigma_at,
+    ddim_step,
+    dpm_solver_pp_step,
+    noisy,
+    step_h,
+)
 from snapdistill.diffusion.ddim import eps_for_landing, v_for_landing, x0_for_landing
 from snapdistill.distill.grid import teacher_points
 from snapdistill.distill.guided import Guided, StudentKind
@@ -47,6 +55,15 @@ SPACES = {
     "eps": Space(read=lambda p: p.eps, target=eps_for_landing, weight=torch.ones_like),
     "v": Space(read=lambda p: p.as_type("v_prediction"), target=v_for_landing, weight=torch.ones_like),
 }
+
+
+SOLVERS = ("ddim", "dpmsolver++")
+
+
+def check_solver(solver: str) -> str:
+    if solver not in SOLVERS:
+        raise SnapdistillError(f"unknown --teacher-solver '{solver}'; choose one of {', '.join(SOLVERS)}")
+    return solver
 
 
 def check_space(space: str) -> str:
@@ -120,6 +137,7 @@ class StepLoss:
     cfg_range: tuple[float, float] = (2.0, 14.0)
     space: str = "x0"
     gamma: float = 0.0
+    solver: str = "ddim"              # the teacher's landing solver: ddim, or dpmsolver++ (2M within the landing)
 
     def _scales(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
         cfg_aware = bool(torch.rand(1, generator=gen) < self.cfg_prob)
@@ -128,13 +146,21 @@ class StepLoss:
 
     @torch.no_grad()
     def teacher_landing(self, z, t, t_next, batch: Batch, s) -> torch.Tensor:
-        """z'' after `substeps` guided teacher DDIM steps from z at t to t_next (per sample)."""
+        """z'' after `substeps` guided teacher steps from z at t to t_next (per sample): DDIM steps, or
+        DPM-Solver++ steps (the first of first order, the rest 2M on the landing's own history)."""
         points = torch.tensor([teacher_points(int(a), int(b), self.substeps)
                                for a, b in zip(t.tolist(), t_next.tolist())], device=z.device)
+        x0_prev = h_prev = None
         for k in range(self.substeps):  # k = 0 is at the student's (z, t): feature KD matches that call
             pred = self.teacher(z, points[:, k], batch.cond, batch.uncond, s)
-            a, sg = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, points[:, k + 1])
-            z = ddim_step(x0=pred.x0, eps=pred.eps, alpha_next=a, sigma_next=sg).to(z.dtype)
+            a2, s2 = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, points[:, k + 1])
+            if self.solver == "ddim":
+                z = ddim_step(x0=pred.x0, eps=pred.eps, alpha_next=a2, sigma_next=s2).to(z.dtype)
+                continue
+            a, sg = alpha_sigma_at(self.schedule, self.final_alpha_cumprod, points[:, k])
+            z = dpm_solver_pp_step(z=z.float(), x0=pred.x0.float(), alpha=a, sigma=sg, alpha_next=a2, sigma_next=s2,
+                                   x0_prev=x0_prev, h_prev=h_prev).to(z.dtype)
+            x0_prev, h_prev = pred.x0.float(), step_h(alpha=a, sigma=sg, alpha_next=a2, sigma_next=s2)
         return z
 
     def __call__(self, student_unet: torch.nn.Module, batch: Batch, gen: torch.Generator) -> torch.Tensor:

@@ -21,7 +21,7 @@ from snapdistill.distill.consistency_stage import ConsistencyConfig
 from snapdistill.distill.features import with_features
 from snapdistill.distill.grid import final_alpha_cumprod, student_grid
 from snapdistill.distill.guided import Guided, StudentKind
-from snapdistill.distill.losses import StepLoss, check_guidance_range, check_space
+from snapdistill.distill.losses import StepLoss, check_guidance_range, check_solver, check_space
 from snapdistill.distill.stage import (
     CommonConfig,
     Teacher,
@@ -59,7 +59,8 @@ class StepsConfig:
     gamma: float = 0.0                                  # weight of the original denoising loss (0: off)
     embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
-    teacher_substeps: int = 2                           # DDIM substeps per teacher step in the landing target
+    teacher_substeps: int = 2                           # solver substeps per teacher step in the landing target
+    teacher_solver: str = "ddim"                        # ddim | dpmsolver++ (2M within each landing)
     consistency: ConsistencyConfig | None = None        # the settings of --mode consistency (None otherwise)
 
     def __post_init__(self):
@@ -92,6 +93,7 @@ class StepsConfig:
         if not 0 <= self.cfg_prob <= 1:
             raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
         check_space(self.target_space)
+        check_solver(self.teacher_solver)
         if not 1 <= self.teacher_substeps <= 64:
             raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
 
@@ -120,7 +122,8 @@ def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
 def _ignored_by_consistency(config: StepsConfig, default: dict, teacher_w_dim: int | None) -> list[str]:
     """`ignored_flags` for --mode consistency: the step-distillation flags it does not read."""
     unused = {"cfg_prob": "--cfg-prob", "target_space": "--target-space", "gamma": "--gamma",
-              "teacher_substeps": "--teacher-substeps", "embed_guidance": "--embed-guidance"}
+              "teacher_substeps": "--teacher-substeps", "teacher_solver": "--teacher-solver",
+              "embed_guidance": "--embed-guidance"}
     lines = [f"{flag} has no effect with --mode consistency" for name, flag in unused.items()
              if getattr(config, name) != default[name]]
     if teacher_w_dim is not None and config.cond_dim != default["cond_dim"]:
@@ -171,7 +174,7 @@ def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: Diffusion
     unet = unet.to(teacher.pipe.device)
     loss = round_loss(Guided(teacher_model, w_dim), StudentKind(student_type, student_w), teacher.pipe.scheduler.config,
                       n, m, config.teacher_substeps, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space,
-                      gamma=config.gamma)
+                      gamma=config.gamma, solver=config.teacher_solver)
     grid = loss.grid
     loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
