@@ -312,7 +312,7 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     student = student_kind.on(student_unet, teacher.schedule)
     optimizer = torch.optim.AdamW(student_unet.parameters(), lr=1e-6)
     loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8,
-                      StepsConfig.teacher_substeps)
+                      StepsConfig.teacher_substeps, solver=StepsConfig.teacher_solver)
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
     lat = 2 * torch.randn(batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     data = Batch(latents=lat, cond=text(toy_val_prompts(batch)), uncond=text([""]))
