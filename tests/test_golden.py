@@ -109,7 +109,7 @@ def test_two_steps_of_distill_steps(tmp_path, tiny_eps_dir, test_shards):
     out = tmp_path / "steps"
     steps_stage.run(steps_stage.StepsConfig(common=_common(tiny_eps_dir, test_shards, out), from_steps=4, to_steps=2,
                                             mode="direct", target_space="x0", cfg_prob=0.5, cfg_range=(2.0, 14.0),
-                                            gamma=0.0, embed_guidance=False, teacher_substeps=1))
+                                            gamma=0.0, embed_guidance=False, teacher_substeps=1, teacher_solver="ddim"))
     _check(_weights(out, "conv_in.weight"), STEPS_CONV_IN)
 
 

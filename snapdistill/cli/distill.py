@@ -190,11 +190,11 @@ def distill_steps(
              "teacher's guided landing, one UNet call per step (stages 1 and 2 in one).")] = False,
     cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of an --embed-guidance student.")] = 256,
     teacher_substeps: Annotated[int, typer.Option(
-        "--teacher-substeps", help="DDIM substeps per teacher step in the landing target (1: the teacher's own "
+        "--teacher-substeps", help="Solver substeps per teacher step in the landing target (1: the teacher's own "
                                    "N-step trajectory; more: closer to its ODE, at that many times the teacher calls).")] = 2,
     teacher_solver: Annotated[str, typer.Option(
-        "--teacher-solver", help="The teacher's solver in the landing target: ddim, or dpmsolver++ (second order, "
-                                 "2M, on each landing's own substeps).")] = "ddim",
+        "--teacher-solver", help="The teacher's solver in the landing target: dpmsolver++ (second order, 2M, on each "
+                                 "landing's own substeps) or ddim.")] = "dpmsolver++",
     loss: Annotated[str | None, typer.Option(
         "--loss", help="consistency: distance between online and target outputs, huber (pseudo-Huber) or l2 "
                        "[default: huber].")] = None,

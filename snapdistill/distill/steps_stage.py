@@ -60,7 +60,7 @@ class StepsConfig:
     embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
     teacher_substeps: int = 2                           # solver substeps per teacher step in the landing target
-    teacher_solver: str = "ddim"                        # ddim | dpmsolver++ (2M within each landing)
+    teacher_solver: str = "dpmsolver++"                 # dpmsolver++ (2M within each landing) | ddim
     consistency: ConsistencyConfig | None = None        # the settings of --mode consistency (None otherwise)
 
     def __post_init__(self):
@@ -144,8 +144,8 @@ def rounds(config: StepsConfig) -> list[tuple[int, int]]:
 
 def round_loss(teacher: Guided, student: StudentKind, scheduler_config: Mapping, n: int, m: int,
                teacher_substeps: int = 1, **options) -> StepLoss:
-    """The `StepLoss` of a round N → M: the student's M-step grid, and the teacher's N-step DDIM trajectory as
-    the target, each teacher step split into `teacher_substeps` DDIM substeps ((N/M)·substeps calls per landing).
+    """The `StepLoss` of a round N → M: the student's M-step grid, and the teacher's N-step trajectory as the
+    target, each teacher step split into `teacher_substeps` solver substeps ((N/M)·substeps calls per landing).
 
     One substep is the teacher's own N-step sampler. More integrate the teacher's ODE more closely: on the toy
     world a 16->8 student with 2 substeps per teacher step (4 calls per landing) reached toy FID 424 against
