@@ -91,9 +91,11 @@ reproduce: install $(R)/report/manifest.json
 	@echo "report: $(R)/report/report.md"
 
 # `make bench` trains its own runs (in $(RUNS)/bench/toy) on longer budgets than reproduce, then samples
-# 1,024 toy val prompts per row, plus the block-removed (BK-SDM) bk-small 8-step student. Measured cost on 2
-# cores: stage 1 at 1,200 steps about 6 min, each stage-2 run at 500 steps 4-6 min, bk-small 7 min, the
-# sampling and data sections about 10 min; about 45 min in all.
+# 1,024 toy val prompts per row, plus the block-removed (BK-SDM) bk-small 8-step student, the consistency
+# students and the small decoder. Measured cost on 2 cores at commit d3c491b (36.5 min in all): stage 1 at
+# 1,200 steps 4.1 min; direct8, progressive4, direct8-base and consistency at 500 steps about 2 min each,
+# direct4 3.1 min; consistency-base at 1,700 steps 7.1 min; bk-small 4.2 min; the decoder 2.1 min; the
+# sampling, timing and data sections the rest.
 BENCH_GUIDED_STEPS ?= 1200
 BENCH_STEPS_STEPS ?= 500
 BENCH_ARCHS ?= bk-small
