@@ -20,3 +20,17 @@ def parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             raise SnapdistillError(f"{path}:{n}: invalid JSON ({e.msg})") from e
     return rows
+
+
+def read_json_object(path: Path, what: str) -> dict | None:
+    """The JSON object in `path`, or None when there is no such file; one line naming `what` when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SnapdistillError(f"{path}: unreadable {what} ({e})") from e
+    if not isinstance(data, dict):
+        raise SnapdistillError(f"{path}: not a {what} (expected a JSON object)")
+    return data

@@ -251,7 +251,7 @@ def decoder_figures(runs: Path, rows: dict, n: int = 1024, batch: int = 16) -> d
     from snapdistill.distill.data import encode_latents
     from snapdistill.distill.small_decoder import decoder_parameters, psnr_db, to_pixels
     from snapdistill.models.decoder import load_decoder
-    from snapdistill.sampling.inspect import _median_seconds
+    from snapdistill.sampling.inspect import median_seconds
     from snapdistill.toy.judge import toy_tensors
     from snapdistill.toy.paths import load_toy_teacher
 
@@ -262,7 +262,7 @@ def decoder_figures(runs: Path, rows: dict, n: int = 1024, batch: int = 16) -> d
     x, _ = toy_tensors("val", n)
     z = torch.cat([encode_latents(teacher, part) for part in x.split(256)])
     psnr = torch.cat([psnr_db(to_pixels(small, part), to_pixels(teacher, part)) for part in z.split(256)])
-    speed = {name: _median_seconds(lambda vae=vae: to_pixels(vae, z[:batch]), repeats=5) / batch
+    speed = {name: median_seconds(lambda vae=vae: to_pixels(vae, z[:batch]), repeats=5) / batch
              for name, vae in (("teacher", teacher), ("small", small))}
     out = {"decoder_params": decoder_parameters(small) / decoder_parameters(teacher),
            "decoder_speedup": speed["teacher"] / speed["small"], "decoder_psnr_db": float(psnr.mean()),
@@ -299,6 +299,7 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     from snapdistill.distill.steps_stage import StepsConfig, round_loss
     from snapdistill.distill.student import copy_student
     from snapdistill.models.loading import load_pipeline, resolve_model
+    from snapdistill.sampling.inspect import median_seconds
     from snapdistill.toy.world import toy_val_prompts
 
     folder = runs / "guided" / "student"
@@ -320,13 +321,7 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     s = torch.full((batch,), 7.5)
 
     def timed(fn) -> float:
-        fn()
-        values = []
-        for _ in range(repeats):
-            tick = time.perf_counter()
-            fn()
-            values.append(time.perf_counter() - tick)
-        return statistics.median(values)
+        return median_seconds(fn, repeats)
 
     def full_step():
         value = loss(student_unet, data, torch.Generator().manual_seed(0)).mean()

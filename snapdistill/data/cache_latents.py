@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from snapdistill.data.latent_cache import EMBEDDING, FORMAT, LATENT, TEXT_DTYPES, cache_identity, npy_bytes
-from snapdistill.data.recaption import read_samples
-from snapdistill.data.shards import ShardFile, check_settings
+from snapdistill.data.recaption import rewrite_shard
+from snapdistill.data.shards import check_settings
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
 from snapdistill.outdir import check_out_apart, prepare_out
@@ -106,23 +106,7 @@ def cache_shard(src: Path, dst: Path, encoder: Encoder, batch_size: int, advance
     """Write the cached copy of shard `src` to `dst` (atomically); return its counts. A member whose name is
     absolute or climbs with `..` is dropped and counted as `bad_key`, as recaption does."""
     before, skipped = dict(encoder.counts), []
-    shard = ShardFile(dst)
-    try:
-        batch: list[dict] = []
-        for sample in read_samples(src, skipped):
-            batch.append(sample)
-            if len(batch) == batch_size:
-                for s in encoder(batch):
-                    shard.write(s)
-                advance(len(batch))
-                batch = []
-        for s in encoder(batch) if batch else []:
-            shard.write(s)
-        advance(len(batch))
-    except BaseException:
-        shard.abort()  # no half-written NAME.tar.tmp left in --out
-        raise
-    shard.close()
+    rewrite_shard(src, dst, encoder, batch_size, skipped, advance)
     return {**{k: v - before[k] for k, v in encoder.counts.items()}, "bad_key": len(skipped)}
 
 

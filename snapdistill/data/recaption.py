@@ -191,27 +191,37 @@ class Recaptioner:
         return out
 
 
-def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: int,
-                    rejects: list[dict] | None = None) -> dict:
-    """Write the recaptioned copy of shard `src` to `dst`; return its counts. Members skipped for their
-    names are appended to `rejects`."""
-    before = dict(recaptioner.counts)
-    skipped: list[dict] = []
+def rewrite_shard(src: Path, dst: Path, transform, batch_size: int, skipped: list[dict],
+                  advance=lambda n: None) -> None:
+    """Write shard `src`'s samples, passed through `transform(list of samples) -> samples` in batches of
+    `batch_size`, to `dst` (atomically: no half-written NAME.tar.tmp is left in the folder). Members skipped for
+    their names are appended to `skipped`; `advance(n)` is called after each batch."""
     shard = ShardFile(dst)
     try:
         batch: list[dict] = []
         for sample in read_samples(src, skipped):
             batch.append(sample)
             if len(batch) == batch_size:
-                for s in recaptioner(batch):
+                for s in transform(batch):
                     shard.write(s)
+                advance(len(batch))
                 batch = []
-        for s in recaptioner(batch) if batch else []:
+        for s in transform(batch) if batch else []:
             shard.write(s)
+        advance(len(batch))
     except BaseException:
-        shard.abort()  # no half-written NAME.tar.tmp left in --out
+        shard.abort()
         raise
     shard.close()
+
+
+def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: int,
+                    rejects: list[dict] | None = None) -> dict:
+    """Write the recaptioned copy of shard `src` to `dst`; return its counts. Members skipped for their
+    names are appended to `rejects`."""
+    before = dict(recaptioner.counts)
+    skipped: list[dict] = []
+    rewrite_shard(src, dst, recaptioner, batch_size, skipped)
     if rejects is not None:
         rejects.extend(skipped)
     counts = {k: v - before.get(k, 0) for k, v in recaptioner.counts.items() if v - before.get(k, 0)}

@@ -42,16 +42,9 @@ class LatentSpace:
 
 
 def read_record(folder: Path) -> dict | None:
-    path = Path(folder) / RECORD
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SnapdistillError(f"{path}: unreadable decoder record ({e})") from e
-    if not isinstance(data, dict):
-        raise SnapdistillError(f"{path}: not a decoder record (expected a JSON object)")
-    return data
+    from snapdistill.jsonl import read_json_object
+
+    return read_json_object(Path(folder) / RECORD, "decoder record")
 
 
 def write_record(folder: Path, **fields) -> Path:
@@ -81,16 +74,14 @@ def load_decoder(folder: Path, *, dtype=None, device: str = "cpu"):
     """(the VAE of a small-decoder folder, its LatentSpace); one-line errors for a folder that is not one."""
     from diffusers import AutoencoderKL, AutoencoderTiny
 
+    from snapdistill.jsonl import read_json_object
+
     folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    config = read_json_object(folder / "config.json", "VAE config")
+    if config is None:
         raise SnapdistillError(f"{folder}: not a decoder folder (no config.json); pass distill-decoder's "
                                "OUT/decoder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SnapdistillError(f"{config_path}: unreadable ({e})") from e
-    name = config.get("_class_name") if isinstance(config, dict) else None
+    name = config.get("_class_name")
     if name not in CLASSES:
         raise SnapdistillError(f"{folder}: a {name or 'unknown'} folder, not a VAE ({' or '.join(CLASSES)})")
     cls = AutoencoderKL if name == "AutoencoderKL" else AutoencoderTiny

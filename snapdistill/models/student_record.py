@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text
 
 FILE = "snapdistill.json"
@@ -58,14 +57,10 @@ class StudentRecord:
     @classmethod
     def read(cls, folder: Path) -> StudentRecord | None:
         """The record of a student folder, or None for a teacher (no file). Unknown keys are ignored."""
-        path = Path(folder) / FILE
-        if not path.is_file():
+        from snapdistill.jsonl import read_json_object
+
+        data = read_json_object(Path(folder) / FILE, "student record")
+        if data is None:
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise SnapdistillError(f"{path}: unreadable student record ({e})") from e
-        if not isinstance(data, dict):
-            raise SnapdistillError(f"{path}: not a student record (expected a JSON object)")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

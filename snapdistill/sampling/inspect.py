@@ -32,7 +32,7 @@ class InspectConfig:
     decoder: Path | None = None      # a distill-decoder OUT/decoder folder used instead of the model's VAE
 
 
-def _median_seconds(fn, repeats: int = 3) -> float:
+def median_seconds(fn, repeats: int = 3) -> float:
     """Median wall-clock seconds of `fn()` after one warm-up call."""
     import statistics
 
@@ -58,8 +58,8 @@ def time_parts(pipe, batch: int, size: int) -> dict:
     w_dim = pipe.unet.config.time_cond_proj_dim
     cond = torch.zeros(batch, w_dim, device=pipe.device, dtype=pipe.unet.dtype) if w_dim else None
     t = torch.full((batch,), 500, device=pipe.device)
-    decode = _median_seconds(lambda: to_pixels(pipe.vae, latents)) / batch
-    unet = _median_seconds(lambda: pipe.unet(latents, t, text, timestep_cond=cond)) / batch
+    decode = median_seconds(lambda: to_pixels(pipe.vae, latents)) / batch
+    unet = median_seconds(lambda: pipe.unet(latents, t, text, timestep_cond=cond)) / batch
     return {"s_per_decode": decode, "s_per_unet_call": unet}
 
 
