@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from snapdistill.errors import storage_message
 
@@ -119,3 +120,11 @@ def test_a_read_only_folder_met_mid_stage_is_one_line(cli, monkeypatch):
     code, _, err = cli("recaption")
     assert code == 2
     assert err.strip() == "error: /mnt/ro/run/rejects.jsonl: cannot write (read-only file system); choose a writable --out"
+
+
+def test_checkpoint_size_counts_weights_moments_ema_and_the_extra_module():
+    from snapdistill.distill.loop import checkpoint_bytes
+
+    model, extra = torch.nn.Linear(10, 10), torch.nn.Linear(10, 5)  # 110 and 55 fp32 parameters
+    assert checkpoint_bytes(model, ema=False) == 110 * 4 * 3
+    assert checkpoint_bytes(model, ema=True, extra_module=extra) == 110 * 4 * 4 + 55 * 4

@@ -160,7 +160,7 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
         tmp = root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _check_space(tmp, accelerator.unwrap_model(model), ema)
+        _check_space(tmp, accelerator.unwrap_model(model), ema, extra_module)
         try:
             save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()},
                       tmp / MODEL)
@@ -185,16 +185,19 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
     return root / name
 
 
-def checkpoint_bytes(model: torch.nn.Module, ema: bool) -> int:
-    """About what one checkpoint takes on disk: the weights, AdamW's two moments and the EMA copy."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return weights * (3 + int(ema))
+def checkpoint_bytes(model: torch.nn.Module, ema: bool, extra_module: torch.nn.Module | None = None) -> int:
+    """About what one checkpoint takes on disk: the weights, AdamW's two moments, the EMA copy and the extra
+    module (a consistency target network)."""
+    def size(module):
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    return size(model) * (3 + int(ema)) + (size(extra_module) if extra_module is not None else 0)
 
 
-def _check_space(folder: Path, model: torch.nn.Module, ema) -> None:
+def _check_space(folder: Path, model: torch.nn.Module, ema, extra_module=None) -> None:
     """Refuse to start a checkpoint the disk cannot hold, in one line naming the folder and the space needed
     (a write that fails half-way is also reported in one line, by the CLI; this says how much to free)."""
-    need = checkpoint_bytes(model, ema is not None)
+    need = checkpoint_bytes(model, ema is not None, extra_module)
     free = shutil.disk_usage(folder).free
     if free < need:
         shutil.rmtree(folder, ignore_errors=True)
