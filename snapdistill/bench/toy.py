@@ -164,10 +164,16 @@ def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
     decoder = runs / DECODER_RUN / "decoder" if (runs / DECODER_RUN / "manifest.json").is_file() else None
     table = {**{k: (*v, None) for k, v in ROWS.items()},
              **({k: (*v[:4], decoder) for k, v in DECODER_ROWS.items()} if decoder else {})}
+    measured: dict[tuple, str] = {}  # a row's spec -> the first row measured with it
     for name, (model, steps, guidance, scheduler, small) in table.items():
         path = _model_path(runs, model)
         if path is None:
             continue
+        spec = (model, steps, guidance, scheduler, small)
+        if spec in measured:  # the same model and settings (progressive8 is direct8): its figures, not a resample
+            rows[name] = {**rows[measured[spec]], **({"note": NOTES[name]} if name in NOTES else {})}
+            continue
+        measured[spec] = name
         manifest = sample_row(name, path, steps, guidance, scheduler, prompts, out, decoder=small)
         folder = out / name
         listed = read_rows(folder)

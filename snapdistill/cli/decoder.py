@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from snapdistill.cli import app, checked_dry_run
-from snapdistill.cli.distill import loop_command
+from snapdistill.cli.distill import loop_command, train_config
 from snapdistill.cli.options import Out, Shards, Teacher
 
 
@@ -50,12 +50,10 @@ def distill_decoder(
       snapdistill sample --teacher runs/direct8/student --decoder runs/dec/decoder --toy-val 64 --out runs/s8
     """
     from snapdistill.distill import decoder_stage as stage
-    from snapdistill.distill.loop import TrainConfig
 
     args = {**locals(), **shared}
-    train_keys = {f.name for f in fields(TrainConfig)}
     config = stage.DecoderConfig(
-        train=TrainConfig(**{k: v for k, v in args.items() if k in train_keys}),
+        train=train_config(args),
         **{k: args[k] for k in {f.name for f in fields(stage.DecoderConfig)} - {"train"} if k in args})
     if checked_dry_run(config, shared["dry_run"]):
         return

@@ -51,13 +51,17 @@ def _common(args: dict):
 
     Both commands pass their own arguments and the shared ones (`training_command`), named like the fields.
     """
-    from snapdistill.distill.loop import TrainConfig
     from snapdistill.distill.stage import CommonConfig
 
-    train_keys = {f.name for f in fields(TrainConfig)}
     common_keys = {f.name for f in fields(CommonConfig)} - {"train"}
-    train = TrainConfig(**{k: v for k, v in args.items() if k in train_keys})
-    return CommonConfig(train=train, **{k: v for k, v in args.items() if k in common_keys})
+    return CommonConfig(train=train_config(args), **{k: v for k, v in args.items() if k in common_keys})
+
+
+def train_config(args: dict):
+    """The TrainConfig of a training command's arguments (the loop options, named like its fields)."""
+    from snapdistill.distill.loop import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in args.items() if k in {f.name for f in fields(TrainConfig)}})
 
 
 def _student_options(
