@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from snapdistill.distill import small_decoder as sd
+from snapdistill.distill.decoder_stage import split_batch
 
 SD15_VAE = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
             "latent_channels": 4, "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -106,6 +107,9 @@ def test_one_step_of_each_arch_saves_a_stock_diffusers_folder(request, cli, tmp_
     cls = AutoencoderKL if arch == "kl" else AutoencoderTiny
     small = cls.from_pretrained(out / "decoder")
     teacher_vae = AutoencoderKL.from_pretrained(teacher / "vae")
+    if arch == "tiny":  # the key AutoencoderTiny registers itself is not saved (diffusers would warn on each load)
+        assert "block_out_channels" not in json.loads((out / "decoder" / "config.json").read_text())
+        assert list(small.config.block_out_channels) == list(small.config.decoder_block_out_channels)
     fresh = sd.build_small(arch, teacher_vae.config, 0.5)
     changed = [k for k, v in small.state_dict().items() if not torch.equal(v, fresh.state_dict()[k])]
     assert changed and any("decoder" in k for k in changed)
@@ -118,10 +122,12 @@ def test_one_step_of_each_arch_saves_a_stock_diffusers_folder(request, cli, tmp_
     assert (out / "val" / "step-0000001.png").is_file()
 
 
-def test_resume_is_bit_for_bit(cli, tmp_path, tiny_eps_dir, test_shards):
+@pytest.mark.parametrize("source", [(), ("--latents-from", "mix", "--sample-count", 6, "--sample-steps", 2)],
+                         ids=["images", "mix"])
+def test_resume_is_bit_for_bit(cli, tmp_path, tiny_eps_dir, test_shards, source):
     from safetensors.torch import load_file
 
-    args = ("--max-steps", 4, "--checkpoint-every", 2)
+    args = ("--max-steps", 4, "--checkpoint-every", 2, *source)
     straight, stopped = tmp_path / "a", tmp_path / "b"
     for out in (straight, stopped):
         code, _, err = cli("distill-decoder", "--teacher", tiny_eps_dir, "--shards", test_shards, "--out", out,
@@ -242,6 +248,12 @@ def test_a_decoder_of_another_teacher_is_refused(cli, tmp_path, tiny_decoder_run
     code, _, err = cli("sample", "--teacher", student_dir, "--decoder", other, "--prompt", "a", "--out", tmp_path / "s")
     assert code == 2 and "trained for another teacher" in err and len(err.strip().splitlines()) == 1
     assert ("scaling factor" if edit == "scaling" else "latent channels 16 vs 4") in err
+
+
+@pytest.mark.parametrize("source, batch, want", [("images", 4, (0, 4)), ("sample", 4, (4, 0)), ("mix", 4, (2, 2)),
+                                                 ("mix", 5, (2, 3)), ("mix", 1, (0, 1))])
+def test_split_batch(source, batch, want):
+    assert split_batch(source, batch) == want
 
 
 def test_latents_from_a_sampler(cli, tmp_path, tiny_eps_dir, test_shards):

@@ -29,9 +29,10 @@ def distill_decoder(
     encoder_weight: Annotated[float, typer.Option(
         "--encoder-weight", help="Weight of the small VAE's own encoder loss (to the teacher's latents; 0: off).")] = 1.0,
     latents_from: Annotated[str, typer.Option(
-        "--latents-from", help="images: the teacher encoder on the shards; sample: a sampler on their captions.")] = "images",
+        "--latents-from", help="images: the teacher encoder on the shards; sample: a sampler on their captions; "
+                                "mix: half of each batch from either.")] = "images",
     sampler: Annotated[str | None, typer.Option(
-        "--sampler", help="With --latents-from sample: the teacher or student sampled [default: --teacher].")] = None,
+        "--sampler", help="With --latents-from sample or mix: the teacher or student sampled [default: --teacher].")] = None,
     sample_count: Annotated[int, typer.Option("--sample-count", help="Latents sampled once, before training.")] = 1024,
     sample_steps: Annotated[int | None, typer.Option(
         "--sample-steps", help="Their steps [default: a student's own, else 16].")] = None,

@@ -1,7 +1,8 @@
 """`distill-decoder`: a small VAE decoder learns the teacher decoder's output on the teacher's latents.
 
 The latents are the teacher encoder's (frozen) on the shards' images, or (`latents_from="sample"`) those a
-sampler lands on for the shards' captions, drawn once into the run folder before training. The target is
+sampler lands on for the shards' captions, drawn once into the run folder before training, or (`"mix"`) each
+batch half of either: the decoder then meets both the distribution it decodes in use and the encoder's. The target is
 the teacher decoder's output on the same latents. Training runs on the shared loop (AdamW, warm-up, EMA,
 resume, checkpoints, stats.jsonl); `val/step-N.png` shows the teacher decoder's row above the student's.
 
@@ -30,7 +31,7 @@ from snapdistill.models.loading import load_pipeline, resolve_model
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import check_out_apart
 
-LATENT_SOURCES = ("images", "sample")
+LATENT_SOURCES = ("images", "sample", "mix")
 SAMPLED = "sampled-latents.safetensors"
 DEFAULT_LR = 4e-3
 
@@ -47,7 +48,7 @@ class DecoderConfig:
     perceptual: str | None = None              # feature network: "toy" (the toy judge) or a judge-format folder
     perceptual_weight: float = 1.0
     encoder_weight: float = 1.0                # the small VAE's own encoder learns the teacher's latents
-    latents_from: str = "images"               # images | sample
+    latents_from: str = "images"               # images | sample | mix (half of each batch from either)
     sampler: str | None = None                 # the model sampled for latents (default: the teacher)
     sample_count: int = 1024                   # latents drawn once with --latents-from sample
     sample_steps: int | None = None            # its steps (default: a student's own, else 16)
@@ -134,6 +135,12 @@ def sampled_latents(config: DecoderConfig, pipe, captions: list[str], path: Path
     return latents
 
 
+def split_batch(latents_from: str, batch_size: int) -> tuple[int, int]:
+    """(sampled, encoded): how many latents of each batch come from the sampled pool and from the shards' images."""
+    sampled = {"images": 0, "sample": batch_size, "mix": batch_size // 2}[latents_from]
+    return sampled, batch_size - sampled
+
+
 def latent_batches(latents: torch.Tensor, batch_size: int, seed: int, skip: int):
     """Endless batches over a fixed latent pool, each epoch's order a pure function of (seed, epoch)."""
     epoch, seen = 0, 0
@@ -178,6 +185,7 @@ def save_decoder(vae, folder: Path, *, teacher_vae, arch: str, width: float, tea
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp)
+    records.drop_derived_keys(tmp / "config.json")
     space = records.latent_space(teacher_vae.config)
     records.write_record(tmp, arch=arch, width=width, teacher=teacher, latent_channels=space.channels,
                          teacher_scaling_factor=space.scaling_factor, downsample=space.downsample)
@@ -237,27 +245,32 @@ def run(config: DecoderConfig) -> Path:
                           perceptual=config.perceptual_weight if config.perceptual else 0.0,
                           encoder_weight=config.encoder_weight)
 
-    if config.latents_from == "sample":
-        pool = sampled_latents(config, pipe, shard_captions(shards, config.sample_count), out / SAMPLED)
+    sampled, encoded = split_batch(config.latents_from, config.train.batch_size)
+    pool = (sampled_latents(config, pipe, shard_captions(shards, config.sample_count), out / SAMPLED)
+            if sampled else None)
+    pairs = ShardPairs(shards, size=size, seed=config.train.seed) if encoded else None
 
-        def batches(skip: int):
-            return latent_batches(pool, config.train.batch_size, config.train.seed, skip)
-    else:
-        pairs = ShardPairs(shards, size=size, seed=config.train.seed)
-
-        def batches(skip: int):
-            return (pixels for pixels, _ in pairs.batches(config.train.batch_size, skip=skip))
+    def batches(skip: int):
+        # `skip` counts samples; each optimisation step took `sampled` of the pool and `encoded` of the shards.
+        done = skip // config.train.batch_size
+        parts = [latent_batches(pool, sampled, config.train.seed, done * sampled) if sampled else None,
+                 (pixels for pixels, _ in pairs.batches(encoded, skip=done * encoded)) if encoded else None]
+        while True:
+            yield tuple(next(part) if part is not None else None for part in parts)
 
     def step_loss(module, raw, gen):
-        raw = raw.to(device)
         with torch.no_grad():
-            if config.latents_from == "sample":
-                latents = raw
-                images = sd.to_pixels(teacher_vae, latents).clamp(-1, 1)
-            else:
-                images, latents = raw, encode_latents(teacher_vae, raw)
+            latents, images, image_latents = [], [], []
+            if raw[0] is not None:  # sampled latents: their images are the teacher decoder's, encoded again
+                latents.append(raw[0].to(device))
+                images.append(sd.to_pixels(teacher_vae, latents[-1]).clamp(-1, 1))
+                image_latents.append(encode_latents(teacher_vae, images[-1]))
+            if raw[1] is not None:  # shard images: their latents are the teacher encoder's
+                images.append(raw[1].to(device))
+                latents.append(encode_latents(teacher_vae, images[-1]))
+                image_latents.append(latents[-1])
+            latents, images, image_latents = torch.cat(latents), torch.cat(images), torch.cat(image_latents)
             target = sd.to_pixels(teacher_vae, latents)
-            image_latents = latents if config.latents_from == "images" else encode_latents(teacher_vae, images)
         return loss(module, latents=latents, target=target, images=images, image_latents=image_latents)
 
     def validate(step: int) -> None:

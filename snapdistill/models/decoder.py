@@ -62,7 +62,16 @@ def latent_space(vae_config, record: dict | None = None) -> LatentSpace:
         scale = None
     else:
         scale = float(config.get("scaling_factor", 0.18215))
-    return LatentSpace(int(config["latent_channels"]), scale, 2 ** (len(config["block_out_channels"]) - 1))
+    blocks = config.get("block_out_channels") or config["decoder_block_out_channels"]
+    return LatentSpace(int(config["latent_channels"]), scale, 2 ** (len(blocks) - 1))
+
+
+def drop_derived_keys(config_path: Path) -> None:
+    """Remove from a saved AutoencoderTiny config.json the `block_out_channels` its __init__ registers itself (a copy
+    of decoder_block_out_channels): saved, diffusers warns on every load that it is not an __init__ argument."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("_class_name") == "AutoencoderTiny" and config.pop("block_out_channels", None) is not None:
+        atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def pipeline_latent_space(pipe, vae_dir: Path | None = None) -> LatentSpace:
@@ -73,6 +82,7 @@ def pipeline_latent_space(pipe, vae_dir: Path | None = None) -> LatentSpace:
 def load_decoder(folder: Path, *, dtype=None, device: str = "cpu"):
     """(the VAE of a small-decoder folder, its LatentSpace); one-line errors for a folder that is not one."""
     from diffusers import AutoencoderKL, AutoencoderTiny
+    from diffusers.utils import logging as diffusers_logging
 
     from snapdistill.jsonl import read_json_object
 
@@ -85,10 +95,17 @@ def load_decoder(folder: Path, *, dtype=None, device: str = "cpu"):
     if name not in CLASSES:
         raise SnapdistillError(f"{folder}: a {name or 'unknown'} folder, not a VAE ({' or '.join(CLASSES)})")
     cls = AutoencoderKL if name == "AutoencoderKL" else AutoencoderTiny
+    # A folder AutoencoderTiny.save_pretrained wrote holds the block_out_channels its __init__ registers, and diffusers
+    # warns on loading it ("passed ... but are not expected"); that key is harmless, so the warning is held back.
+    verbosity = diffusers_logging.get_verbosity()
+    if cls is AutoencoderTiny and "block_out_channels" in config:
+        diffusers_logging.set_verbosity_error()
     try:
         vae = cls.from_pretrained(folder, local_files_only=True, **({"dtype": dtype} if dtype else {}))
     except (OSError, ValueError) as e:
         raise SnapdistillError(f"{folder}: could not load the decoder ({str(e).splitlines()[0]})") from e
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     return vae.to(device).eval(), latent_space(vae.config, read_record(folder))
 
 
