@@ -73,3 +73,20 @@ def test_inspect_bad_input(cli, tiny_eps_dir, args, message):
 def test_inspect_unknown_model(cli):
     code, _, err = cli("inspect", "sd99")
     assert code == 2 and "unknown teacher 'sd99'" in err
+
+
+def test_repeated_seconds_warms_up_once_then_times_each_call(monkeypatch):
+    """On a fake clock each call of fn takes 1, 2, 3, ... seconds: the warm-up (1 s) is not among the values."""
+    from snapdistill.sampling import inspect
+
+    clock = [0.0]
+    calls = []
+
+    def fn():
+        calls.append(1)
+        clock[0] += len(calls)
+
+    monkeypatch.setattr(inspect.time, "perf_counter", lambda: clock[0])
+    assert inspect.repeated_seconds(fn, repeats=4) == [2.0, 3.0, 4.0, 5.0] and len(calls) == 5
+    calls.clear()
+    assert inspect.median_seconds(fn, repeats=3) == 3.0

@@ -32,17 +32,22 @@ class InspectConfig:
     decoder: Path | None = None      # a distill-decoder OUT/decoder folder used instead of the model's VAE
 
 
-def median_seconds(fn, repeats: int = 3) -> float:
-    """Median wall-clock seconds of `fn()` after one warm-up call."""
-    import statistics
-
+def repeated_seconds(fn, repeats: int = 3) -> list[float]:
+    """Wall-clock seconds of each of `repeats` calls of `fn()`, after one warm-up call."""
     fn()
     values = []
     for _ in range(repeats):
         tick = time.perf_counter()
         fn()
         values.append(time.perf_counter() - tick)
-    return statistics.median(values)
+    return values
+
+
+def median_seconds(fn, repeats: int = 3) -> float:
+    """Median wall-clock seconds of `fn()` after one warm-up call."""
+    import statistics
+
+    return statistics.median(repeated_seconds(fn, repeats))
 
 
 @torch.no_grad()
