@@ -18,8 +18,10 @@ SD15_VAE = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "
 
 
 def _run(cli, teacher, shards, out, *extra):
+    # The encoder's latents unless `extra` says otherwise (the last --latents-from wins): the default, mix, samples
+    # 1,024 latents first.
     return cli("distill-decoder", "--teacher", teacher, "--shards", shards, "--out", out, "--max-steps", 1,
-               "--batch-size", 4, "--checkpoint-every", 1, *extra)
+               "--batch-size", 4, "--checkpoint-every", 1, "--latents-from", "images", *extra)
 
 
 @pytest.mark.parametrize("channels, width, groups, want", [
@@ -122,7 +124,8 @@ def test_one_step_of_each_arch_saves_a_stock_diffusers_folder(request, cli, tmp_
     assert (out / "val" / "step-0000001.png").is_file()
 
 
-@pytest.mark.parametrize("source", [(), ("--latents-from", "mix", "--sample-count", 6, "--sample-steps", 2)],
+@pytest.mark.parametrize("source", [("--latents-from", "images"),
+                                    ("--latents-from", "mix", "--sample-count", 6, "--sample-steps", 2)],
                          ids=["images", "mix"])
 def test_resume_is_bit_for_bit(cli, tmp_path, tiny_eps_dir, test_shards, source):
     from safetensors.torch import load_file
@@ -163,7 +166,7 @@ def tiny_decoder_run(tmp_path_factory, tiny_eps_dir, test_shards, student_dir):
 
     out = tmp_path_factory.mktemp("dec-run") / "dec"
     decoder_stage.run(decoder_stage.DecoderConfig(
-        teacher=str(tiny_eps_dir), shards=test_shards, out=out, arch="tiny", into=student_dir,
+        teacher=str(tiny_eps_dir), shards=test_shards, out=out, arch="tiny", into=student_dir, latents_from="images",
         train=TrainConfig(max_steps=2, batch_size=4)))
     return out
 

@@ -20,7 +20,7 @@ def distill_decoder(
     shards: Shards = Path("runs/toy/shards"),
     out: Out = Path("runs/decoder"),
     arch: Annotated[str, typer.Option("--arch", help="tiny: AutoencoderTiny (TAESD); kl: the teacher's AutoencoderKL "
-                                                     "layout at --width of its channels (SnapFusion).")] = "tiny",
+                                                     "layout at --width of its channels (SnapFusion).")] = "kl",
     width: Annotated[float, typer.Option("--width", help="Channel multiplier in (0, 1].")] = 0.5,
     loss: Annotated[str, typer.Option("--loss", help="Pixel loss to the teacher decoder's output: l2 or l1.")] = "l2",
     perceptual: Annotated[str | None, typer.Option(
@@ -30,7 +30,7 @@ def distill_decoder(
         "--encoder-weight", help="Weight of the small VAE's own encoder loss (to the teacher's latents; 0: off).")] = 1.0,
     latents_from: Annotated[str, typer.Option(
         "--latents-from", help="images: the teacher encoder on the shards; sample: a sampler on their captions; "
-                                "mix: half of each batch from either.")] = "images",
+                                "mix: half of each batch from either.")] = "mix",
     sampler: Annotated[str | None, typer.Option(
         "--sampler", help="With --latents-from sample or mix: the teacher or student sampled [default: --teacher].")] = None,
     sample_count: Annotated[int, typer.Option("--sample-count", help="Latents sampled once, before training.")] = 1024,
