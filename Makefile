@@ -92,7 +92,9 @@ reproduce: install $(R)/report/manifest.json
 
 # `make bench` trains its own runs (in $(RUNS)/bench/toy) on longer budgets than reproduce, then samples
 # 1,024 toy val prompts per row, plus the block-removed (BK-SDM) bk-small 8-step student, the consistency
-# students and the small decoder. Measured cost on 2 cores at commit d3c491b (36.5 min in all): stage 1 at
+# students and the small decoder. At 9c2a178 the stage-2 runs (1,000 steps), bk-small (2,000), the decoder and
+# the sampling took 43 min with stage 1 and the consistency runs reused (about 55 min from scratch).
+# Measured cost on 2 cores at commit d3c491b (36.5 min in all): stage 1 at
 # 1,200 steps 4.1 min; direct8, progressive4, direct8-base and consistency at 500 steps about 2 min each,
 # direct4 3.1 min; consistency-base at 1,700 steps 7.1 min; bk-small 4.2 min; the decoder 2.1 min; the
 # sampling, timing and data sections the rest.
