@@ -93,7 +93,8 @@ reproduce: install $(R)/report/manifest.json
 # `make bench` trains its own runs (in $(RUNS)/bench/toy) on longer budgets than reproduce, then samples
 # 1,024 toy val prompts per row, plus the block-removed (BK-SDM) bk-small 8-step student, the consistency
 # students and the small decoder. At 9c2a178 the stage-2 runs (1,000 steps), bk-small (2,000), the decoder and
-# the sampling took 43 min with stage 1 and the consistency runs reused (about 55 min from scratch).
+# the sampling took 43 min with stage 1 and the consistency runs reused (from scratch, adding their d3c491b
+# times below, an estimated 57 min; not run).
 # Measured cost on 2 cores at commit d3c491b (36.5 min in all): stage 1 at
 # 1,200 steps 4.1 min; direct8, progressive4, direct8-base and consistency at 500 steps about 2 min each,
 # direct4 3.1 min; consistency-base at 1,700 steps 7.1 min; bk-small 4.2 min; the decoder 2.1 min; the
@@ -173,7 +174,7 @@ $(foreach a,$(ARCHS),$(eval $(call ARCH_RULE,$(a))))
 # the 8-step student lands on for their captions (4,096, drawn once). Studied against the student's pipeline with
 # the teacher's decoder (387.3, exact 0.974): AutoencoderTiny on encoder latents cost 18.6% toy FID and 4.2 points
 # exact, on the student's 9.3% and 0.4 (28.4 dB), on the mix -2.0% and 1.5 (31.3 dB); this decoder on the mix -2.0%
-# and +0.2 (35.7 dB, 0.25 of the parameters, 2.3x faster decodes).
+# and +0.2 (35.7 dB, 0.25 of the parameters; decodes 2.3x faster at 1 thread, 1.8x in the 2-thread bench).
 $(R)/decoder/manifest.json: $(R)/direct8/manifest.json
 	$(SD) distill-decoder --teacher $(TEACHER) --shards $(R)/shards --arch kl --width 0.5 --loss l2 \
 		--latents-from mix --sampler $(R)/direct8/student --sample-count 4096 \
