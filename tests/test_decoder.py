@@ -267,3 +267,31 @@ def test_latents_from_a_sampler(cli, tmp_path, tiny_eps_dir, test_shards):
     from safetensors.torch import load_file
 
     assert load_file(out / "sampled-latents.safetensors")["latents"].shape == (8, 4, 8, 8)
+
+
+def test_bench_decoder_figures(tmp_path):
+    """The bench's decoder section on the shipped toy teacher: a half-width kl decoder's parameter ratio is the
+    closed form's, the teacher's own decoder under the small one's name gives a PSNR far above any real decoder's
+    (identical outputs, clamped to 1e-12 MSE: 126 dB), and both decoders are timed (positive seconds)."""
+    from snapdistill.bench.toy import DECODER_RUN, decoder_figures
+    from snapdistill.distill.decoder_stage import save_decoder
+    from snapdistill.toy.paths import load_toy_teacher
+
+    teacher = load_toy_teacher().vae.eval()
+    run = tmp_path / DECODER_RUN
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    small = sd.build_small("kl", teacher.config, 0.5)
+    save_decoder(small, run / "decoder", teacher_vae=teacher, arch="kl", width=0.5, teacher="toy")
+    figures = decoder_figures(tmp_path, {}, n=32)
+    config = sd.teacher_vae_config(teacher.config)
+    want = sd.kl_decoder_parameters(sd.kl_config(config, 0.5)) / sd.kl_decoder_parameters(config)
+    assert figures["decoder_params"] == pytest.approx(want)
+    assert figures["decoder_psnr_db"] < 30  # random weights
+    assert figures["decoder_s_per_image"] > 0 and figures["teacher_decoder_s_per_image"] > 0
+    assert figures["decoder_speedup"] == pytest.approx(
+        figures["teacher_decoder_s_per_image"] / figures["decoder_s_per_image"])
+    shutil.rmtree(run / "decoder")
+    save_decoder(teacher, run / "decoder", teacher_vae=teacher, arch="kl", width=1.0, teacher="toy")
+    same = decoder_figures(tmp_path, {}, n=32)
+    assert same["decoder_params"] == 1.0 and same["decoder_psnr_db"] == pytest.approx(126.02, abs=0.01)

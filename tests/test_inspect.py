@@ -90,3 +90,23 @@ def test_repeated_seconds_warms_up_once_then_times_each_call(monkeypatch):
     assert inspect.repeated_seconds(fn, repeats=4) == [2.0, 3.0, 4.0, 5.0] and len(calls) == 5
     calls.clear()
     assert inspect.median_seconds(fn, repeats=3) == 3.0
+
+
+def test_fastest_seconds_alternates_and_keeps_each_minimum(monkeypatch):
+    """On a fake clock `a` takes 5, 3, 4 s and `b` 2, 6, 1 s over the warm-up and two rounds: the calls alternate
+    (a, b, a, b) after one warm-up each, and each keeps its own fastest timed call, not the warm-up's."""
+    from snapdistill.sampling import inspect
+
+    clock, order = [0.0], []
+    cost = {"a": iter([5.0, 3.0, 4.0]), "b": iter([2.0, 6.0, 1.0])}
+
+    def call(name):
+        def fn():
+            order.append(name)
+            clock[0] += next(cost[name])
+        return fn
+
+    monkeypatch.setattr(inspect.time, "perf_counter", lambda: clock[0])
+    best = inspect.fastest_seconds({"a": call("a"), "b": call("b")}, repeats=2)
+    assert best == {"a": 3.0, "b": 1.0}
+    assert order == ["a", "b", "a", "b", "a", "b"]
