@@ -173,10 +173,11 @@ $(foreach a,$(ARCHS),$(eval $(call ARCH_RULE,$(a))))
 # batch half the teacher encoder's latents of the shards' images and half latents the 8-step student lands on for
 # their captions (4,096, drawn once). Not the command's default (`kl`, the teacher's layout at half its channels):
 # the toy decoder is 32 px wide, where a decode costs about as much per layer as per channel, and kl at half width
-# decoded only 2.1x faster (1.8x in one bench) against the goal of 2x; tiny 2.8-3.6x. On the SD 1.5 layout at 512 px
+# decoded only 1.8-2.1x faster against the goal of 2x; tiny 2.8-3.6x. On the SD 1.5 layout at 512 px
 # (random weights, 2 threads) kl at half width is 3.2x faster and tiny 12x. The study (pipeline against the same
 # student with the teacher's decoder, README "What the bench shows") tried tiny and kl on encoder, sampled and mixed
-# latents, kl at width 0.35 (28.6 dB, toy FID +39%), and tiny on the mix at 4,000 steps, the one within every goal.
+# latents, kl at width 0.35 (28.6 dB, toy FID +39%), and tiny on the mix at 4,000 steps, the one within every goal
+# (two seeds: 33.4/34.0 dB, the 8-step pipeline's toy FID -4.6%/-1.3%, lower being better, exact -0.3/+0.1 points).
 $(R)/decoder/manifest.json: $(R)/direct8/manifest.json
 	$(SD) distill-decoder --teacher $(TEACHER) --shards $(R)/shards --arch tiny --width 0.5 --loss l2 \
 		--latents-from mix --sampler $(R)/direct8/student --sample-count 4096 \

@@ -46,8 +46,8 @@ def repeated_seconds(fn, repeats: int = 3) -> list[float]:
 def fastest_seconds(fns: dict, repeats: int = 25) -> dict:
     """The fastest wall-clock seconds of each `fns[name]()` over `repeats` rounds, after one warm-up call of each.
     The calls alternate within each round, so a slow spell of the machine falls on every contender alike, and
-    the minimum is kept because other activity only ever adds time (timeit's reasoning). Two decoders timed
-    apart with the median of 5 gave a speed-up 15% below the same weights timed this way (1.81x against 2.1x)."""
+    the minimum is kept because other activity only ever adds time (timeit's reasoning), as in the bench's
+    seconds per image."""
     for fn in fns.values():
         fn()
     best = {name: float("inf") for name in fns}
