@@ -181,3 +181,27 @@ def test_a_stopped_run_resumes_to_the_same_bytes_and_refuses_other_settings(cli,
     _cache(cli, tiny_eps_dir, test_shards, out)
     for shard in sorted(test_shards.glob("*.tar")):
         assert (out / shard.name).read_bytes() == (cached["fp16"] / shard.name).read_bytes()
+
+
+def test_distill_decoder_reads_cached_latents(cli, tmp_path, cached, tiny_eps_dir, tiny_v_dir, test_shards,
+                                              monkeypatch):
+    """On cached shards the shards' half of each batch is the cached latents: the teacher's encoder runs once, on
+    the validation images, where from the images it also runs once per step. A cache of another VAE is refused in
+    one line, before the run folder is made."""
+    from snapdistill.distill import decoder_stage
+
+    calls = []
+    encode = decoder_stage.encode_latents
+    monkeypatch.setattr(decoder_stage, "encode_latents", lambda vae, x: calls.append(len(x)) or encode(vae, x))
+    flags = ("--arch", "tiny", "--max-steps", 3, "--batch-size", 4, "--checkpoint-every", 0, "--latents-from", "images")
+    for shards, out in ((cached["fp16"], tmp_path / "c"), (test_shards, tmp_path / "u")):
+        code, _, err = cli("distill-decoder", "--teacher", tiny_eps_dir, "--shards", shards, "--out", out, *flags)
+        assert code == 0, err
+    assert calls[1:] == [calls[0], 4, 4, 4]  # the cached run: the validation images only; then 3 steps of 4
+    metrics = [json.loads((tmp_path / name / "manifest.json").read_text())["metrics"] for name in ("c", "u")]
+    assert [m["cached_latents"] for m in metrics] == [True, False]
+    assert all(m["psnr_db"] > 0 for m in metrics)
+    code, _, err = cli("distill-decoder", "--teacher", tiny_v_dir, "--shards", cached["fp16"], "--out",
+                       tmp_path / "v", *flags)
+    assert code == 2 and "cached latents were made with another VAE" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()

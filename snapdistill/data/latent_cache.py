@@ -89,15 +89,15 @@ def cache_record(shards: Path) -> dict | None:
     return record
 
 
-def check_cache(record: dict, identity: dict, *, shards: Path, teacher: str) -> None:
-    """Refuse, in one line, cached shards that were not made for this teacher's VAE, text encoder and
-    training resolution."""
+def check_cache(record: dict, identity: dict, *, shards: Path, teacher: str, text: bool = True) -> None:
+    """Refuse, in one line, cached shards that were not made for this teacher's VAE, text encoder (unless `text`
+    is False: `distill-decoder` reads only the latents) and training resolution."""
     remedy = (f"rebuild them with `snapdistill cache-latents --teacher {teacher} --resolution "
               f"{identity['resolution']}` or train on the uncached shards")
     made = f"{shards}: cached latents were made"
     if record.get("vae_sha256") != identity["vae_sha256"] or record.get("scaling_factor") != identity["scaling_factor"]:
         raise SnapdistillError(f"{made} with another VAE (teacher {record.get('teacher')}); {remedy}")
-    if record.get("text_sha256") != identity["text_sha256"]:
+    if text and record.get("text_sha256") != identity["text_sha256"]:
         raise SnapdistillError(f"{made} with another text encoder (teacher {record.get('teacher')}); {remedy}")
     if record.get("resolution") != identity["resolution"]:
         raise SnapdistillError(f"{made} at {record.get('resolution')} px, but this run trains at "

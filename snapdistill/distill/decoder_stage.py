@@ -1,6 +1,7 @@
 """`distill-decoder`: a small VAE decoder learns the teacher decoder's output on the teacher's latents.
 
-The latents are the teacher encoder's (frozen) on the shards' images, or (`latents_from="sample"`) those a
+The latents are the teacher encoder's (frozen) on the shards' images (read from the shards instead where
+`cache-latents` wrote them for this teacher's VAE), or (`latents_from="sample"`) those a
 sampler lands on for the shards' captions, drawn once into the run folder before training, or (`"mix"`) each
 batch half of either: the decoder then meets both the distribution it decodes in use and the encoder's. The target is
 the teacher decoder's output on the same latents. Training runs on the shared loop (AdamW, warm-up, EMA,
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from snapdistill.data.latent_cache import cache_identity, cache_record, check_cache
 from snapdistill.distill import small_decoder as sd
 from snapdistill.distill.data import ShardPairs, encode_latents, find_shards
 from snapdistill.distill.loop import TrainConfig, ema_weights_into, train
@@ -236,11 +238,17 @@ def run(config: DecoderConfig) -> Path:
         # A from-scratch conv net: on the toy world (kl, width 0.5, L2, 600 steps) 4e-3 beat 1e-3/2e-3 and tied 8e-3;
         # recorded in config.json and the manifest.
         config.train.lr = DEFAULT_LR
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    sampled, encoded = split_batch(config.latents_from, config.train.batch_size)
+    cached = cache_record(config.shards) if encoded else None
+    if cached is not None:  # before the run folder is made: a cache of another VAE or size is refused
+        identity = cache_identity(pipe, model_path=teacher_model.path, single_file=teacher_model.single_file,
+                                  size=size)
+        check_cache(cached, identity, shards=config.shards, teacher=config.teacher, text=False)
     out = Path(config.out)
     prepare_run(out, resolved_config(config), resume=config.resume, overwrite=config.overwrite)
     resume_from = resume_point(out, config.resume)
 
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     val_x = first_images(shards, max(config.val_images, config.eval_images), size).to(device)
     val_z = encode_latents(teacher_vae, val_x)
     small = sd.build_small(config.arch, teacher_vae.config, config.width, seed=config.train.seed).to(device)
@@ -248,10 +256,10 @@ def run(config: DecoderConfig) -> Path:
                           perceptual=config.perceptual_weight if config.perceptual else 0.0,
                           encoder_weight=config.encoder_weight)
 
-    sampled, encoded = split_batch(config.latents_from, config.train.batch_size)
     pool = (sampled_latents(config, pipe, shard_captions(shards, config.sample_count), out / SAMPLED)
             if sampled else None)
-    pairs = ShardPairs(shards, size=size, seed=config.train.seed) if encoded else None
+    # From cached shards the stream gives (latents, text embeddings) in the same order as (pixels, captions).
+    pairs = ShardPairs(shards, size=size, seed=config.train.seed, cached=cached) if encoded else None
 
     def batches(skip: int):
         # `skip` counts samples; each optimisation step took `sampled` of the pool and `encoded` of the shards.
@@ -269,7 +277,14 @@ def run(config: DecoderConfig) -> Path:
                 target = sd.to_pixels(teacher_vae, z)
                 images = target.clamp(-1, 1)
                 parts.append((z, target, images, encode_latents(teacher_vae, images)))
-            if raw[1] is not None:  # shard images: the teacher encoder's latents
+            if raw[1] is not None and cached is not None:
+                # cached latents: no image is read, so the small encoder reads the teacher's decoding and learns to
+                # give the latents back (an encoder's job), where a second teacher encoder pass would cost a decode's
+                # worth of time per step
+                z = raw[1].to(device)
+                target = sd.to_pixels(teacher_vae, z)
+                parts.append((z, target, target.clamp(-1, 1), z))
+            elif raw[1] is not None:  # shard images: the teacher encoder's latents
                 images = raw[1].to(device)
                 z = encode_latents(teacher_vae, images)
                 parts.append((z, sd.to_pixels(teacher_vae, z), images, z))
@@ -301,6 +316,7 @@ def run(config: DecoderConfig) -> Path:
         "teacher_decoder_parameters": sd.decoder_parameters(teacher_vae),
         "psnr_db": decode_psnr(small, teacher_vae, val_z[: config.eval_images]),
         "psnr_images": min(len(val_z), config.eval_images),
+        "cached_latents": cached is not None,
     }
     metrics["decoder_params_ratio"] = metrics["decoder_parameters"] / metrics["teacher_decoder_parameters"]
     entries = [input_entry(teacher_model.path, spec=config.teacher), input_entry(config.shards)]
