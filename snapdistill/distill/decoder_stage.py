@@ -279,8 +279,8 @@ def run(config: DecoderConfig) -> Path:
                 parts.append((z, target, images, encode_latents(teacher_vae, images)))
             if raw[1] is not None and cached is not None:
                 # cached latents: no image is read, so the small encoder reads the teacher's decoding and learns to
-                # give the latents back (an encoder's job), where a second teacher encoder pass would cost a decode's
-                # worth of time per step
+                # give the latents back. Sampled latents (above) take the teacher encoder's latents of that decoding
+                # instead; here that pass would undo what the cache saves.
                 z = raw[1].to(device)
                 target = sd.to_pixels(teacher_vae, z)
                 parts.append((z, target, target.clamp(-1, 1), z))
