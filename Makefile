@@ -10,7 +10,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 RUNS ?= runs
 PROFILE ?= toy
 
-.PHONY: install test test-slow reproduce bench bench-runs lint clean
+.PHONY: install test test-kernels spread test-slow reproduce bench bench-runs lint clean
 
 install: $(VENV)/.install-stamp
 
@@ -23,6 +23,22 @@ $(VENV)/.install-stamp: pyproject.toml
 
 test: install
 	$(BIN)/pytest -q
+
+# The tests whose numbers depend on the CPU's float kernels (marker `kernels`: the golden tests and the cached-latents
+# comparison), rerun with the kernels capped at other instruction sets, as other CPUs run them (tests/isa.sh).
+# .ci/run calls it after `make test`, so a tolerance too tight for another CPU fails here first.
+KERNEL_ISAS ?= default avx2
+test-kernels: install
+	for isa in $(KERNEL_ISAS); do tests/isa.sh $$isa $(BIN)/pytest -q -m kernels || exit 1; done
+
+# Measure those tests' spread: every ISA setting at 1 and 2 threads, the largest difference per check beside its
+# tolerance (the figures written beside the tolerances in tests/test_golden.py and tests/test_cache_latents.py).
+spread: install
+	mkdir -p $(RUNS) && rm -f $(RUNS)/spread.jsonl
+	for isa in default avx2 avx512; do for threads in 1 2; do \
+		SNAPDISTILL_TEST_THREADS=$$threads SNAPDISTILL_SPREAD_LOG=$(RUNS)/spread.jsonl \
+		tests/isa.sh $$isa $(BIN)/pytest -q -m kernels -p no:cacheprovider || true; done; done
+	$(PY) tests/spread.py $(RUNS)/spread.jsonl
 
 test-slow: install
 	$(BIN)/pytest -q -m slow

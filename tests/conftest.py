@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 import torch
 
 # Tiny models gain nothing from a second thread, and oversubscribed OpenMP threads spin (20x slower
-# measured when another process holds a core).
-torch.set_num_threads(1)
+# measured when another process holds a core). SNAPDISTILL_TEST_THREADS=2 runs the suite on two (`make spread`
+# measures the golden tests' spread at 1 and 2).
+torch.set_num_threads(int(os.environ.get("SNAPDISTILL_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

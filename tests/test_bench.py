@@ -64,9 +64,9 @@ def test_speed_figures_time_the_rows_in_turn(tmp_path, monkeypatch):
     """S is the reference's fastest batch over direct8's, timed in turn: on a fake clock where the teacher's batches
     take 32, 30, 31 s, direct8's 9, 8, 10 s and the small decoder's 7, 8, 6 s (warm-up first), S = 30/8 and
     S_smalldec = 30/6; without a finished decoder run there is no S_smalldec, without direct8 no figures."""
-    from snapdistill.bench import toy
+    from snapdistill.bench import speed
 
-    assert toy.speed_figures(tmp_path) == {}
+    assert speed.speed_figures(tmp_path) == {}
     _run(tmp_path / "direct8", "distill-steps", 500, "/weights/toy")
     clock, order = [0.0], []
     costs = {"toy": [32.0, 30.0, 31.0], "direct8": [9.0, 8.0, 10.0], "decoder": [7.0, 8.0, 6.0]}
@@ -80,14 +80,14 @@ def test_speed_figures_time_the_rows_in_turn(tmp_path, monkeypatch):
             clock[0] += next(values)
         return generate, 0
 
-    monkeypatch.setattr(toy, "_generate_batch", fake)
+    monkeypatch.setattr(speed, "generate_batch", fake)
     monkeypatch.setattr("snapdistill.sampling.inspect.time.perf_counter", lambda: clock[0])
-    out = toy.speed_figures(tmp_path, batch=2, repeats=2)
+    out = speed.speed_figures(tmp_path, batch=2, repeats=2)
     assert out == {"teacher16_cfg_s_per_image": 15.0, "direct8_s_per_image": 4.0, "S": 30 / 8}
     assert order == ["toy", "direct8"] * 3
     (tmp_path / "decoder").mkdir()
     (tmp_path / "decoder" / "manifest.json").write_text("{}")
     order.clear()
     costs = {"toy": [32.0, 30.0, 31.0], "direct8": [9.0, 8.0, 10.0], "decoder": [7.0, 8.0, 6.0]}
-    out = toy.speed_figures(tmp_path, batch=2, repeats=2)
+    out = speed.speed_figures(tmp_path, batch=2, repeats=2)
     assert out["S"] == 30 / 8 and out["S_smalldec"] == 30 / 6 and order == ["toy", "direct8", "decoder"] * 3

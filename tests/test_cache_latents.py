@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from spread import assert_rel_close
 
 from snapdistill.data import cache_latents as stage
+from snapdistill.data.images import image_tensor
 from snapdistill.data.latent_cache import EMBEDDING, LATENT, decode_cached, npy_array
 from snapdistill.data.recaption import read_samples
-from snapdistill.distill.data import ShardPairs, TextEmbeddings, _decode, _to_tensor, encode_latents
+from snapdistill.data.shards import decode_sample
+from snapdistill.distill.data import ShardPairs
+from snapdistill.models.encoding import TextEmbeddings, encode_latents
 from snapdistill.models.loading import load_pipeline, resolve_model
 
 TRAIN = ("--max-steps", 2, "--batch-size", 4, "--val-prompts", 0, "--checkpoint-every", 0, "--ema-decay", 0,
@@ -52,8 +56,8 @@ def test_cached_shards_keep_every_sample_and_hold_the_teachers_encoding(cached, 
             assert [s["__key__"] for s in after] == [s["__key__"] for s in before]
             for old, new in zip(before, after):
                 assert {k: new[k] for k in old} == old  # jpg, txt, json kept byte for byte
-                image, caption = _decode(old)
-                want = encode_latents(pipe.vae, _to_tensor(image, 32)[None])[0]
+                image, caption = decode_sample(old)
+                want = encode_latents(pipe.vae, image_tensor(image, 32)[None])[0]
                 latent = np.load(io.BytesIO(new[LATENT]), allow_pickle=False)
                 emb = np.load(io.BytesIO(new[EMBEDDING]), allow_pickle=False)
                 assert latent.dtype == np.float32 and latent.shape == (4, 8, 8)
@@ -88,6 +92,7 @@ def _losses(run):
     return [json.loads(line)["loss"] for line in (run / "stats.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.kernels
 def test_training_on_cached_shards_matches_training_on_images(cli, tmp_path, cached, tiny_eps_dir, test_shards):
     runs = {}
     for name, shards in (("plain", test_shards), ("fp32", cached["fp32"]), ("fp16", cached["fp16"])):
@@ -101,13 +106,14 @@ def test_training_on_cached_shards_matches_training_on_images(cli, tmp_path, cac
     shared = [k for k in start if k in plain and start[k].shape == plain[k].shape]
     update = torch.cat([(plain[k] - start[k]).flatten() for k in shared]).norm()
     assert update > 1e-3  # the runs did train
-    for name, rel, rtol in (("fp32", 2e-3, 1e-5), ("fp16", 1e-2, 1e-4)):
+    # Same samples, same noise: the losses agree to rounding. Largest spread measured (`make spread`, three ISA
+    # settings, 1 and 2 threads): fp32 2.8e-6 (avx2, 2 threads), fp16 3.5e-5 (default, 1 thread).
+    for name, rel, rtol in (("fp32", 2e-3, 3e-5), ("fp16", 1e-2, 4e-4)):
         other = _student(runs[name])
         assert sorted(other) == sorted(plain)
         gap = torch.cat([(plain[k] - other[k]).flatten() for k in plain]).norm()
         assert gap <= rel * update, (name, gap / update)
-        assert np.allclose(_losses(runs[name]), _losses(runs["plain"]), rtol=rtol, atol=0), name
-    assert _losses(runs["fp32"])[0] == _losses(runs["plain"])[0]  # same samples, same noise, same first loss
+        assert_rel_close(f"cached {name} losses", _losses(runs[name]), _losses(runs["plain"]), rtol, per_entry=True)
     # The stage-1 student carries the teacher's VAE and text encoder byte for byte: stage 2 may use the cache.
     code, _, err = cli("distill-steps", "--teacher", runs["plain"] / "student", "--shards", cached["fp16"],
                        "--out", tmp_path / "steps", "--from", 4, "--to", 2, "--max-steps", 1, "--batch-size", 2,

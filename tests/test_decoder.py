@@ -9,8 +9,9 @@ import shutil
 import pytest
 import torch
 
-from snapdistill.distill import small_decoder as sd
+from snapdistill.distill.decoder_loss import DecoderLoss, psnr_db
 from snapdistill.distill.decoder_stage import split_batch
+from snapdistill.models import small_decoder as sd
 
 SD15_VAE = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
             "latent_channels": 4, "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -78,7 +79,7 @@ def test_an_arch_narrower_than_the_latents_is_refused():
 
 def test_psnr_closed_form():
     a = torch.zeros(1, 3, 4, 4)
-    assert math.isclose(float(sd.psnr_db(a, a + 0.02)), 10 * math.log10(4 / 0.0004), rel_tol=1e-5)
+    assert math.isclose(float(psnr_db(a, a + 0.02)), 10 * math.log10(4 / 0.0004), rel_tol=1e-5)
 
 
 def test_losses_per_sample_and_pixel_choice():
@@ -91,7 +92,7 @@ def test_losses_per_sample_and_pixel_choice():
     z, target = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
     target[1] = 0.5
     for pixel, want in (("l1", 0.5), ("l2", 0.25)):
-        loss = sd.DecoderLoss(pixel=pixel, encoder_weight=0)(Identity(), latents=z, target=target, images=z,
+        loss = DecoderLoss(pixel=pixel, encoder_weight=0)(Identity(), latents=z, target=target, images=z,
                                                              image_latents=z)
         assert loss.tolist() == [0.0, want]
 
@@ -199,8 +200,8 @@ def test_sample_with_the_small_decoder(cli, tmp_path, tiny_decoder_run, student_
     from diffusers import StableDiffusionPipeline
     from PIL import Image
 
+    from snapdistill.sampling.config import SampleConfig
     from snapdistill.sampling.render import generate, resolve_settings
-    from snapdistill.sampling.stage import SampleConfig
 
     pipe = StableDiffusionPipeline.from_pretrained(student_dir, safety_checker=None, requires_safety_checker=False)
     pipe.vae = AutoencoderTiny.from_pretrained(tiny_decoder_run / "decoder")

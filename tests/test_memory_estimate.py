@@ -2,7 +2,7 @@
 
 import json
 
-from snapdistill.distill.memory import estimate_memory, saved_activation_bytes
+from snapdistill.models.memory import estimate_memory, saved_activation_bytes
 from snapdistill.models.tiny_sd import tiny_sd_unet_config
 
 

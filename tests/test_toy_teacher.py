@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.toy import pipeline as P
 from snapdistill.toy import teacher as T
 from snapdistill.toy.paths import WEIGHTS_DIR, load_toy_teacher, toy_teacher_dir
 
@@ -34,7 +35,7 @@ def random_teacher_dir(tmp_path_factory):
 
     text_encoder, unet = T.build_models(_tiny_recipe())
     folder = tmp_path_factory.mktemp("toy-teacher")
-    T.save_pipeline(T.build_pipeline(build_vae(), text_encoder, unet), folder)
+    P.save_pipeline(P.build_pipeline(build_vae(), text_encoder, unet), folder)
     (folder / "manifest.json").write_text("{}", encoding="utf-8")
     return folder
 
@@ -49,7 +50,7 @@ def test_saved_pipeline_is_stock_float32_with_clip_ids(random_teacher_dir):
     sched = pipe.scheduler.config
     assert (sched.algorithm_type, sched.timestep_spacing) == (
         "dpmsolver++",
-        T.SAMPLER_CONFIG["timestep_spacing"],
+        P.SAMPLER_CONFIG["timestep_spacing"],
     )
     assert sched.beta_schedule == "scaled_linear" and sched.prediction_type == "epsilon"
     # The UNet weights are stored in fp16.
@@ -62,8 +63,8 @@ def test_saved_pipeline_is_stock_float32_with_clip_ids(random_teacher_dir):
 def test_samples_depend_on_their_own_seed_only(random_teacher_dir):
     pipe = load_toy_teacher(random_teacher_dir)
     prompts = ["a red circle on the left, white background", "a blue square at the top, black background"]
-    both = T.sample_images(pipe, prompts, steps=2, guidance=7.5, seed=3)
-    second = T.sample_images(pipe, prompts[1:], steps=2, guidance=7.5, seed=4)
+    both = P.sample_images(pipe, prompts, steps=2, guidance=7.5, seed=3)
+    second = P.sample_images(pipe, prompts[1:], steps=2, guidance=7.5, seed=4)
     assert both.shape == (2, 3, 32, 32)
     torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=0)
 
@@ -137,7 +138,7 @@ def test_shipped_teacher_manifest_records_a_complete_measured_recipe():
     ev = manifest["metrics"]["eval"]
     assert manifest["metrics"]["n_eval"] >= 1024
     assert ev["s4_g7.5"]["exact"] <= ev["s16_g7.5"]["exact"] - 0.1  # steps matter
-    assert manifest["config"]["recipe"]["sampler"]["timestep_spacing"] == T.SAMPLER_CONFIG["timestep_spacing"]
+    assert manifest["config"]["recipe"]["sampler"]["timestep_spacing"] == P.SAMPLER_CONFIG["timestep_spacing"]
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert size <= 25 * 2**20
 
@@ -158,7 +159,7 @@ def test_shipped_teacher_follows_captions_and_needs_guidance():
     pipe, judge = load_toy_teacher(), load_judge()
     assert pipe.tokenizer("red").input_ids == [49406, 736, 49407]
     prompts = toy_val_prompts(64)
-    cfg = judge_images(judge, T.sample_images(pipe, prompts, steps=16, guidance=7.5), prompts)
-    plain = judge_images(judge, T.sample_images(pipe, prompts, steps=16, guidance=1.0), prompts)
+    cfg = judge_images(judge, P.sample_images(pipe, prompts, steps=16, guidance=7.5), prompts)
+    plain = judge_images(judge, P.sample_images(pipe, prompts, steps=16, guidance=1.0), prompts)
     assert cfg["exact"] >= 0.9  # the teacher draws what the caption says ...
     assert cfg["exact"] >= plain["exact"] + 0.1  # ... once guided

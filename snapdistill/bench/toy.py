@@ -15,48 +15,9 @@ from pathlib import Path
 
 import torch
 
+from snapdistill.bench.rows import DECODER_ROWS, DECODER_RUN, NOTES, REFERENCE, ROWS, model_path
+from snapdistill.bench.speed import seconds_per_image, speed_figures, step_cost
 from snapdistill.manifest import git_commit
-
-# name -> (model: "toy" or a run folder under runs/toy, steps (None: the student's own), guidance, scheduler)
-ROWS = {
-    "teacher16_cfg": ("toy", 16, 7.5, None),
-    "teacher16_nocfg": ("toy", 16, 1.0, None),
-    "teacher8_cfg": ("toy", 8, 7.5, None),
-    "teacher20_cfg": ("toy", 20, 7.5, None),
-    "teacher4_cfg": ("toy", 4, 7.5, None),
-    "guided8_dpm": ("guided", 8, 7.5, "dpmsolver++"),
-    "guided16": ("guided", 16, 7.5, "dpmsolver++"),
-    "direct8": ("direct8", None, 7.5, None),
-    "direct4": ("direct4", None, 7.5, None),
-    # With a guided (stage-1) teacher, one progressive round 16->8 is the direct loss: the same training, so the
-    # row samples direct8's student (see NOTES); progressive4 continues from it with one 8->4 round.
-    "progressive8": ("direct8", None, 7.5, None),
-    "progressive4": ("progressive4", None, 7.5, None),
-    "direct8_base": ("direct8-base", None, 7.5, None),
-    # Block-removed 16->8 students (BK-SDM), one per --student-arch.
-    "arch_bk_base8": ("arch-bk-base8", None, 7.5, None),
-    "arch_bk_small8": ("arch-bk-small8", None, 7.5, None),
-    "arch_bk_tiny8": ("arch-bk-tiny8", None, 7.5, None),
-    # Latent consistency students, each one run sampled by its LCMScheduler at 2, 4 and 8 steps: from the stage-1
-    # student, and from the base teacher on the budget of both stages.
-    "consistency2": ("consistency", 2, 7.5, None),
-    "consistency4": ("consistency", 4, 7.5, None),
-    "consistency8": ("consistency", 8, 7.5, None),
-    "consistency_base4": ("consistency-base", 4, 7.5, None),
-    "consistency_base8": ("consistency-base", 8, 7.5, None),
-}
-# Rows decoded by the small decoder of the `decoder` run (distill-decoder), beside the same model's own rows.
-DECODER_ROWS = {
-    "direct8_smalldec": ("direct8", None, 7.5, None, "direct8"),
-    "teacher16_smalldec": ("toy", 16, 7.5, None, "teacher16_cfg"),
-}
-DECODER_RUN = "decoder"
-REFERENCE = "teacher16_cfg"
-NOTES = {
-    "progressive8": "the direct8 student: with a teacher that takes w, progressive 16->8 (one round) is the direct "
-                    "loss, so the two routes are one training",
-    "direct8_base": "SnapFusion's route from the base teacher: unguided student, CFG at sampling (2 UNet rows/step)",
-}
 
 
 def teacher_rows(stage: str, config: dict, teacher_takes_w: bool) -> float | None:
@@ -100,14 +61,6 @@ def training_budget(student: str) -> list[dict]:
     return stages
 
 
-def _model_path(runs: Path, model: str) -> str | None:
-    """The model to sample: the toy teacher, or a finished run's student (None when not built)."""
-    if model == "toy":
-        return "toy"
-    folder = runs / model
-    return str(folder / "student") if (folder / "manifest.json").is_file() else None
-
-
 def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts, out: Path,
                decoder: Path | None = None) -> dict:
     """Render the row's images (reused when already there); return its sample manifest."""
@@ -116,58 +69,6 @@ def sample_row(name: str, model: str, steps, guidance: float, scheduler, prompts
     config = sample.SampleConfig(model=model, out=out / name, steps=steps, guidance=guidance, scheduler=scheduler,
                                  batch_size=64, source={"toy_val": len(prompts)}, overwrite=True, decoder=decoder)
     return json.loads(sample.run(config, prompts).read_text())
-
-
-def _generate_batch(model: str, steps, guidance: float, scheduler, batch: int = 16, decoder: Path | None = None):
-    """(a call that renders one batch of `batch` toy val prompts, model loaded; UNet parameters)."""
-    from snapdistill.models.loading import load_pipeline, resolve_model
-    from snapdistill.sampling import render
-    from snapdistill.sampling.stage import SampleConfig, use_decoder
-    from snapdistill.toy.world import toy_val_prompts
-
-    resolved = resolve_model(model)
-    pipe = load_pipeline(resolved)
-    settings, pipe.scheduler = render.resolve_settings(
-        SampleConfig(model=model, out=Path("."), steps=steps, guidance=guidance, scheduler=scheduler),
-        pipe, resolved.path)
-    use_decoder(pipe, resolved.path, decoder)
-    prompts, seeds = toy_val_prompts(batch), list(range(batch))
-    kw = dict(steps=settings["steps"], guidance=guidance, size=settings["size"])
-    return (lambda: render.generate(pipe, prompts, seeds, **kw)), sum(p.numel() for p in pipe.unet.parameters())
-
-
-def seconds_per_image(model: str, steps, guidance: float, scheduler, batch: int = 16,
-                      repeats: int = 7, decoder: Path | None = None) -> tuple[float, int]:
-    """(wall-clock per image at batch 16, model loaded and warmed up; UNet parameters). The fastest of `repeats`
-    timed batches: other activity on the machine only ever adds time (timeit's reasoning), and the median of 3
-    moved the same weights' time by 30% between two rows of one run (12.6 and 9.6 ms per image)."""
-    from snapdistill.sampling.inspect import repeated_seconds
-
-    generate, params = _generate_batch(model, steps, guidance, scheduler, batch, decoder)
-    return min(repeated_seconds(generate, repeats)) / batch, params
-
-
-def speed_figures(runs: Path, batch: int = 16, repeats: int = 7) -> dict:
-    """S (and S with the small decoder): the reference row's seconds per image over the 8-step student's, the
-    pipelines loaded together and timed in turn, the fastest of `repeats` batches each. Rows timed one after the
-    other gave the same weights S = 3.35 in one run and 2.57 in the next (the teacher at 30.7 and 22.3 ms per
-    image), and 2.46 and 2.70 in two fresh processes; timed in turn, three processes gave 2.58, 2.63 and 2.60."""
-    from snapdistill.sampling.inspect import fastest_seconds
-
-    if _model_path(runs, "direct8") is None:
-        return {}
-    decoder = runs / DECODER_RUN / "decoder" if (runs / DECODER_RUN / "manifest.json").is_file() else None
-    specs = {REFERENCE: (*ROWS[REFERENCE], None), "direct8": (*ROWS["direct8"], None)}
-    if decoder is not None:
-        specs["direct8_smalldec"] = (*DECODER_ROWS["direct8_smalldec"][:4], decoder)
-    calls = {name: _generate_batch(_model_path(runs, model), steps, guidance, scheduler, batch, small)[0]
-             for name, (model, steps, guidance, scheduler, small) in specs.items()}
-    seconds = {name: value / batch for name, value in fastest_seconds(calls, repeats).items()}
-    out = {f"{name}_s_per_image": value for name, value in seconds.items()}
-    out["S"] = seconds[REFERENCE] / seconds["direct8"]
-    if decoder is not None:
-        out["S_smalldec"] = seconds[REFERENCE] / seconds["direct8_smalldec"]
-    return out
 
 
 def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
@@ -191,7 +92,7 @@ def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
              **({k: (*v[:4], decoder) for k, v in DECODER_ROWS.items()} if decoder else {})}
     measured: dict[tuple, str] = {}  # a row's spec -> the first row measured with it
     for name, (model, steps, guidance, scheduler, small) in table.items():
-        path = _model_path(runs, model)
+        path = model_path(runs, model)
         if path is None:
             continue
         spec = (model, steps, guidance, scheduler, small)
@@ -278,9 +179,10 @@ def decoder_figures(runs: Path, rows: dict, n: int = 1024, batch: int = 16) -> d
     """The small decoder against the teacher's: parameters, decode speed (batch 16, warmed up, the two decoders
     timed in turn, the fastest of 25 each), PSNR on the teacher encoder's latents of `n` toy val images, and the
     whole pipeline's toy FID and exact accuracy."""
-    from snapdistill.distill.data import encode_latents
-    from snapdistill.distill.small_decoder import decoder_parameters, psnr_db, to_pixels
+    from snapdistill.distill.decoder_loss import psnr_db
     from snapdistill.models.decoder import load_decoder
+    from snapdistill.models.encoding import encode_latents
+    from snapdistill.models.small_decoder import decoder_parameters, to_pixels
     from snapdistill.sampling.inspect import fastest_seconds
     from snapdistill.toy.judge import toy_tensors
     from snapdistill.toy.paths import load_toy_teacher
@@ -317,57 +219,6 @@ def arch_figures(rows: dict) -> dict:
             out[name] = {"param_ratio": r["params"] / ref["params"], "speed_ratio": ref["s_per_image"] / r["s_per_image"],
                          "fid_ratio": r["fid"] / ref["fid"], "acc": r["acc"], "exact": r["exact"]}
     return out
-
-
-def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
-    """T: one distillation step (16->8, guided route) over its parts timed alone."""
-    from snapdistill.diffusion import DiffusionModel
-    from snapdistill.distill.data import TextEmbeddings
-    from snapdistill.distill.guided import Guided, StudentKind
-    from snapdistill.distill.losses import Batch
-    from snapdistill.distill.steps_stage import StepsConfig, round_loss
-    from snapdistill.distill.student import copy_student
-    from snapdistill.models.loading import load_pipeline, resolve_model
-    from snapdistill.sampling.inspect import median_seconds
-    from snapdistill.toy.world import toy_val_prompts
-
-    folder = runs / "guided" / "student"
-    if not (runs / "guided" / "manifest.json").is_file():
-        return None
-    pipe = load_pipeline(resolve_model(str(folder)))
-    teacher = DiffusionModel.from_pipeline(pipe)
-    w_dim = pipe.unet.config.time_cond_proj_dim
-    student_unet = copy_student(pipe.unet).train()
-    student_kind = StudentKind(teacher.prediction_type, w_dim)
-    student = student_kind.on(student_unet, teacher.schedule)
-    optimizer = torch.optim.AdamW(student_unet.parameters(), lr=1e-6)
-    loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8,
-                      StepsConfig.teacher_substeps, solver=StepsConfig.teacher_solver)
-    text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
-    lat = 2 * torch.randn(batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    data = Batch(latents=lat, cond=text(toy_val_prompts(batch)), uncond=text([""]))
-    t = torch.full((batch,), 874)
-    s = torch.full((batch,), 7.5)
-
-    def timed(fn) -> float:
-        return median_seconds(fn, repeats)
-
-    def full_step():
-        value = loss(student_unet, data, torch.Generator().manual_seed(0)).mean()
-        value.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    def teacher_part():
-        loss.teacher_landing(lat, t, torch.full((batch,), 749), data, s)
-
-    def student_part():
-        student(lat, t, data.cond, data.uncond, s).x0.square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    whole, parts = timed(full_step), timed(teacher_part) + timed(student_part)
-    return {"step_s": whole, "parts_s": parts, "T": whole / parts}
 
 
 def print_table(result: dict) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, checked_dry_run
+from snapdistill.cli.app import app, checked_dry_run
 from snapdistill.cli.distill import loop_command, train_config
 from snapdistill.cli.options import Out, Shards, Teacher
 

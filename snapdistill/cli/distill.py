@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, checked_dry_run
+from snapdistill.cli.app import app, checked_dry_run
 from snapdistill.cli.options import (
     AllowDownload,
     BatchSize,
@@ -226,15 +226,15 @@ def distill_steps(
       snapdistill distill-steps --mode consistency --teacher runs/guided/student --to 4 --loss huber --out runs/lcm4
     """
     common = _common({**locals(), **shared})
-    from snapdistill.distill import steps_stage as stage
-    from snapdistill.distill.consistency_stage import ConsistencyConfig
+    from snapdistill.distill import routes
+    from snapdistill.distill.steps_config import ConsistencyConfig, StepsConfig
 
     given = {k: v for k, v in {"distance": loss, "huber_c": huber_c, "target_ema": target_ema,
                                "num_ddim_timesteps": num_ddim_timesteps}.items() if v is not None}
     consistency = ConsistencyConfig(**given) if given or mode == "consistency" else None
-    config = stage.StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
+    config = StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                                target_space=target_space, cfg_prob=cfg_prob,
                                cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
                                embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps,
                                teacher_solver=teacher_solver, consistency=consistency)
-    _launch(config, stage.run, shared["dry_run"], {"time_cond_proj_dim": cond_dim} if embed_guidance else None)
+    _launch(config, routes.run, shared["dry_run"], {"time_cond_proj_dim": cond_dim} if embed_guidance else None)

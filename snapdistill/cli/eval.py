@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app, checked_dry_run
+from snapdistill.cli.app import app, checked_dry_run
 from snapdistill.cli.options import Device, DryRun, Out
 from snapdistill.errors import SnapdistillError
 

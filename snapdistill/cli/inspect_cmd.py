@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from snapdistill.cli import app
+from snapdistill.cli.app import app
 from snapdistill.cli.options import AllowDownload, Device, Dtype
 
 
@@ -53,7 +53,7 @@ def inspect(
     typer.echo(f"UNet calls per image: {r['unet_calls_per_image']} ({r['steps']} steps, guidance {r['guidance']:g}, {why})")
     typer.echo(f"s/image: {r['s_per_image']:.4f} (batch {r['batch_size']}, {r['size']} px, {r['scheduler']}, "
                f"{r['device']}, {r['dtype']})")
-    from snapdistill.distill.memory import size_text
+    from snapdistill.models.memory import size_text
 
     mem = r["training_memory"]
     typer.echo(f"training memory per process (estimate; same-size student, AdamW, EMA, batch {r['batch_size']}, "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from snapdistill.cli import app
+from snapdistill.cli.app import app
 from snapdistill.cli.options import DryRun
 from snapdistill.outdir import prepare_out
 

@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from snapdistill.data.images import image_tensor
 from snapdistill.data.latent_cache import EMBEDDING, FORMAT, LATENT, TEXT_DTYPES, cache_identity, npy_bytes
 from snapdistill.data.recaption import rewrite_shard
-from snapdistill.data.shards import check_settings
+from snapdistill.data.shards import check_settings, decode_sample
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
+from snapdistill.models.encoding import TextEmbeddings, encode_latents
 from snapdistill.outdir import check_out_apart, prepare_out
 
 STATS = "stats"
@@ -71,19 +73,15 @@ class Encoder:
     """Adds the cached keys to a batch of raw samples, counting those it could not read."""
 
     def __init__(self, pipe, *, size: int, text_dtype: str):
-        from snapdistill.distill.data import TextEmbeddings
-
         self.pipe, self.size, self.text_dtype = pipe, size, TEXT_DTYPES[text_dtype]
         self.text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
         self.counts = {"samples": 0, "cached": 0, "unreadable": 0}
 
     def __call__(self, samples: list[dict]) -> list[dict]:
-        from snapdistill.distill.data import _decode, _to_tensor, encode_latents
-
         readable: dict[int, tuple] = {}
         for i, sample in enumerate(samples):
             try:
-                readable[i] = _decode(sample)
+                readable[i] = decode_sample(sample)
             except Exception:  # unreadable: copied without the new keys, and skipped by training
                 continue
         self.counts["samples"] += len(samples)
@@ -91,7 +89,7 @@ class Encoder:
         self.counts["cached"] += len(readable)
         if not readable:
             return samples
-        pixels = torch.stack([_to_tensor(image, self.size) for image, _ in readable.values()])
+        pixels = torch.stack([image_tensor(image, self.size) for image, _ in readable.values()])
         latents = encode_latents(self.pipe.vae, pixels).cpu().numpy()
         embeddings = self.text([caption for _, caption in readable.values()]).cpu().numpy()
         out = list(samples)
@@ -141,9 +139,14 @@ def run(config: CacheConfig, *, pipe=None) -> Path:
     """Cache latents and text embeddings of every shard of `config.shards` into `config.out`; return the
     manifest path. `pipe`: an already loaded teacher pipeline (tests)."""
     from snapdistill.dist import process_state
-    from snapdistill.distill.stage import check_resolution, native_size
-    from snapdistill.models.loading import default_device, load_pipeline, resolve_model
-    from snapdistill.sampling.render import model_fingerprint
+    from snapdistill.models.loading import (
+        check_resolution,
+        default_device,
+        load_pipeline,
+        model_fingerprint,
+        native_size,
+        resolve_model,
+    )
 
     config.check()
     shards = config.input_shards()

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
+
+from snapdistill.pixels import square_resize
+
+if TYPE_CHECKING:
+    import torch  # image_tensor imports it when called: build-data's workers never load torch
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 # Modes OpenCV's colour decode handles exactly; everything else goes through PIL's converters.
@@ -143,21 +149,12 @@ def pil_to_bgr(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
 
 
-def square_resize(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square (offset (side difference) // 2), then resize to `size` (INTER_AREA down,
-    INTER_CUBIC up).
+def image_tensor(image, size: int) -> torch.Tensor:
+    """PIL image -> [3, size, size] in [−1, 1], centre-cropped and resized as build-data does (`square_resize`)."""
+    import torch
 
-    The one resize-and-crop of the project: build-data, the training data and FID's reference images all use it.
-    Cropping first is the same as resizing the short side and then cropping, but resizes fewer pixels.
-    """
-    h, w = pixels.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = pixels[top : top + side, left : left + side]
-    if side == size:
-        return np.ascontiguousarray(square)
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-    return cv2.resize(square, (size, size), interpolation=interp)
+    array = square_resize(np.asarray(image.convert("RGB")), size).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:

@@ -10,6 +10,7 @@ input gives the same shards for any number of workers, and after a resume.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -171,3 +172,21 @@ class RejectLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def decode_sample(sample: dict) -> tuple:
+    """(RGB PIL image, caption) of a raw webdataset sample; raises when either is missing or unreadable.
+
+    Only `jpg` and `txt` are ever decoded: webdataset's default handlers unpickle `.pyd`/`.pickle`
+    members and torch.load `.pth` ones, so a shard from elsewhere could otherwise run code.
+    """
+    from PIL import Image
+
+    missing = [ext for ext in ("jpg", "txt") if ext not in sample]
+    if missing:
+        raise ValueError(f"no {' or '.join(missing)} member")
+    with io.BytesIO(sample["jpg"]) as stream:
+        image = Image.open(stream)
+        image.load()
+        image = image.convert("RGB")
+    return image, sample["txt"].decode("utf-8")

@@ -10,44 +10,9 @@ samples it at any step count up to N (M, 2·M, …), one UNet call per step; M i
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from snapdistill.errors import SnapdistillError
-
-if TYPE_CHECKING:
-    from snapdistill.distill.steps_stage import StepsConfig
-
-
-@dataclass
-class ConsistencyConfig:
-    distance: str = "huber"             # huber (pseudo-Huber, as LCM) | l2
-    huber_c: float = 0.001              # the pseudo-Huber c
-    target_ema: float = 0.95            # μ of the target network: target ← μ·target + (1 − μ)·online
-    num_ddim_timesteps: int = 50        # N, LCMScheduler's original_inference_steps; the solver skips k = T // N
-
-    def check(self, to_steps: int) -> None:
-        """Refuse impossible settings with one line (the teacher's T is checked by `check_schedule`)."""
-        from snapdistill.distill.consistency import check_distance
-
-        check_distance(self.distance)
-        if not (math.isfinite(self.huber_c) and self.huber_c > 0):
-            raise SnapdistillError(f"--huber-c must be a finite number > 0, got {self.huber_c}")
-        if not 0 <= self.target_ema < 1:
-            raise SnapdistillError(f"--target-ema must be in [0, 1), got {self.target_ema}")
-        if self.num_ddim_timesteps < 1:
-            raise SnapdistillError(f"--num-ddim-timesteps must be an integer >= 1, got {self.num_ddim_timesteps}")
-        if not 1 <= to_steps <= self.num_ddim_timesteps:
-            raise SnapdistillError(f"--to {to_steps}: a consistency student samples 1 to --num-ddim-timesteps "
-                                   f"({self.num_ddim_timesteps}) steps of its grid")
-
-    def check_schedule(self, num_train_timesteps: int) -> None:
-        """Refuse a grid the teacher's schedule cannot hold: N above its T training timesteps."""
-        if self.num_ddim_timesteps > num_train_timesteps:
-            raise SnapdistillError(f"--num-ddim-timesteps {self.num_ddim_timesteps}: the teacher's schedule has only "
-                                   f"{num_train_timesteps} timesteps")
+from snapdistill.distill.steps_config import StepsConfig
 
 
 def run(config: StepsConfig) -> Path | None:

@@ -11,16 +11,15 @@ processes, webdataset's `split_by_node` gives each rank its own shards.
 
 from __future__ import annotations
 
-import io
 import random
 import sys
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from snapdistill.data.images import image_tensor
+from snapdistill.data.shards import decode_sample
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import require_manifest
 
@@ -39,34 +38,8 @@ def find_shards(folder: Path) -> list[str]:
     return shards
 
 
-def _to_tensor(image, size: int) -> torch.Tensor:
-    """PIL image -> [3, size, size] in [−1, 1], centre-cropped and resized as build-data does (`square_resize`)."""
-    from snapdistill.data.images import square_resize
-
-    array = square_resize(np.asarray(image.convert("RGB")), size).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
 MAX_BAD_SHARE = 0.1  # more unreadable samples than this share of an epoch stops training
 MIN_CHECKED = 100    # ... checked as it goes once this many samples were looked at, and at the epoch's end
-
-
-def _decode(sample: dict) -> tuple:
-    """(RGB PIL image, caption) of a raw webdataset sample; raises when either is missing or unreadable.
-
-    Only `jpg` and `txt` are ever decoded: webdataset's default handlers unpickle `.pyd`/`.pickle`
-    members and torch.load `.pth` ones, so a shard from elsewhere could otherwise run code.
-    """
-    from PIL import Image
-
-    missing = [ext for ext in ("jpg", "txt") if ext not in sample]
-    if missing:
-        raise ValueError(f"no {' or '.join(missing)} member")
-    with io.BytesIO(sample["jpg"]) as stream:
-        image = Image.open(stream)
-        image.load()
-        image = image.convert("RGB")
-    return image, sample["txt"].decode("utf-8")
 
 
 class _BadSamples:
@@ -114,13 +87,13 @@ class ShardPairs:
 
     def _decode(self, raw: dict) -> tuple:
         if self.cached is None:
-            return _decode(raw)
+            return decode_sample(raw)
         from snapdistill.data.latent_cache import decode_cached
 
         return decode_cached(raw, self.cached)
 
     def _item(self, sample: tuple) -> tuple:
-        return sample if self.cached is not None else (_to_tensor(sample[0], self.size), sample[1])
+        return sample if self.cached is not None else (image_tensor(sample[0], self.size), sample[1])
 
     def _collate(self, items: list[tuple]) -> tuple:
         if self.cached is not None:
@@ -172,38 +145,3 @@ class ShardPairs:
             if got == 0:
                 raise SnapdistillError("this process received no training samples; use at least as many shards as processes")
             epoch += 1
-
-
-class TextEmbeddings:
-    """The frozen text encoder's hidden states per caption, cached (LRU) since captions repeat."""
-
-    def __init__(self, tokenizer, text_encoder, *, max_items: int = 20_000):
-        self.tokenizer, self.text_encoder, self.max_items = tokenizer, text_encoder, max_items
-        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-
-    @torch.no_grad()
-    def _encode(self, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0].float()  # fp32 even from a bf16 encoder
-
-    def __call__(self, captions: list[str]) -> torch.Tensor:
-        missing = list(dict.fromkeys(c for c in captions if c not in self.cache))
-        if missing:
-            for caption, emb in zip(missing, self._encode(missing)):
-                self.cache[caption] = emb
-        for c in captions:
-            self.cache.move_to_end(c)
-        out = torch.stack([self.cache[c] for c in captions])
-        while len(self.cache) > self.max_items:
-            self.cache.popitem(last=False)
-        return out
-
-
-@torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Clean latents x0 = mean of the VAE posterior × scaling_factor (deterministic; an AutoencoderTiny's own
-    latents, see `small_decoder.to_latents`), in fp32 whatever the VAE's dtype."""
-    from snapdistill.distill.small_decoder import to_latents
-
-    return to_latents(vae, pixels.to(device=vae.device, dtype=vae.dtype)).float()

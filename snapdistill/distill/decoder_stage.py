@@ -21,14 +21,16 @@ from pathlib import Path
 import torch
 
 from snapdistill.data.latent_cache import cache_identity, cache_record, check_cache
-from snapdistill.distill import small_decoder as sd
-from snapdistill.distill.data import ShardPairs, encode_latents, find_shards
+from snapdistill.distill.data import ShardPairs, find_shards
+from snapdistill.distill.decoder_loss import DecoderLoss, psnr_db
 from snapdistill.distill.loop import TrainConfig, ema_weights_into, train
 from snapdistill.distill.run import prepare_run, resume_point, save_grid_rows
 from snapdistill.distill.stage import resolved_config
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models import decoder as records
+from snapdistill.models import small_decoder as sd
+from snapdistill.models.encoding import encode_latents
 from snapdistill.models.loading import load_pipeline, resolve_model
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import check_out_apart
@@ -70,8 +72,8 @@ class DecoderConfig:
         """Refuse impossible settings with one line, before the teacher loads or anything is written."""
         sd.check_arch(self.arch)
         sd.check_width(self.width)
-        if self.loss not in sd.DecoderLoss.PIXEL:
-            raise SnapdistillError(f"unknown --loss '{self.loss}'; choose one of {', '.join(sd.DecoderLoss.PIXEL)}")
+        if self.loss not in DecoderLoss.PIXEL:
+            raise SnapdistillError(f"unknown --loss '{self.loss}'; choose one of {', '.join(DecoderLoss.PIXEL)}")
         if self.latents_from not in LATENT_SOURCES:
             raise SnapdistillError(f"unknown --latents-from '{self.latents_from}'; choose one of "
                                    f"{', '.join(LATENT_SOURCES)}")
@@ -119,7 +121,7 @@ def sampled_latents(config: DecoderConfig, pipe, captions: list[str], path: Path
     from safetensors.torch import load_file, save_file
 
     from snapdistill.sampling import render
-    from snapdistill.sampling.stage import SampleConfig
+    from snapdistill.sampling.config import SampleConfig
 
     if path.is_file():
         return load_file(str(path))["latents"]
@@ -179,7 +181,7 @@ def shard_captions(shards: list[str], n: int) -> list[str]:
 @torch.no_grad()
 def decode_psnr(small, teacher_vae, latents: torch.Tensor, batch: int = 64) -> float:
     """Mean PSNR (dB) of the small decoder against the teacher decoder on diffusion-space latents."""
-    values = [sd.psnr_db(sd.to_pixels(small, z), sd.to_pixels(teacher_vae, z))
+    values = [psnr_db(sd.to_pixels(small, z), sd.to_pixels(teacher_vae, z))
               for z in latents.split(batch)]
     return float(torch.cat(values).mean())
 
@@ -252,7 +254,7 @@ def run(config: DecoderConfig) -> Path:
     val_x = first_images(shards, max(config.val_images, config.eval_images), size).to(device)
     val_z = encode_latents(teacher_vae, val_x)
     small = sd.build_small(config.arch, teacher_vae.config, config.width, seed=config.train.seed).to(device)
-    loss = sd.DecoderLoss(pixel=config.loss, features=load_features(config.perceptual),
+    loss = DecoderLoss(pixel=config.loss, features=load_features(config.perceptual),
                           perceptual=config.perceptual_weight if config.perceptual else 0.0,
                           encoder_weight=config.encoder_weight)
 

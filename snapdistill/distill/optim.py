@@ -12,8 +12,6 @@ import torch
 from snapdistill.errors import SnapdistillError
 
 OPTIMIZERS = ("adamw", "adamw8bit")
-# Bytes of optimiser state per trained parameter (two moments), for the memory estimate.
-STATE_BYTES = {"adamw": 8, "adamw8bit": 2}
 
 
 def check_optimizer(name: str) -> str:

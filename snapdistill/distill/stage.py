@@ -18,7 +18,7 @@ import torch
 from snapdistill.data.latent_cache import cache_identity, cache_record, check_cache
 from snapdistill.distill import tracking
 from snapdistill.distill.arch import check_arch
-from snapdistill.distill.data import ShardPairs, TextEmbeddings, encode_latents, find_shards
+from snapdistill.distill.data import ShardPairs, find_shards
 from snapdistill.distill.loop import TrainConfig, TrainResult, auto_lr, ema_weights_into, train
 from snapdistill.distill.losses import Batch
 from snapdistill.distill.run import (
@@ -32,7 +32,13 @@ from snapdistill.distill.run import (
 from snapdistill.distill.student import check_prediction_choice, save_student
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
-from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.models.encoding import TextEmbeddings, encode_latents
+from snapdistill.models.loading import (
+    check_resolution,
+    load_pipeline,
+    native_size,
+    resolve_model,
+)
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import check_out_apart
 from snapdistill.sampling.render import generate
@@ -140,22 +146,6 @@ def teacher_configs(common: CommonConfig) -> dict:
     return {part: _teacher_json(common, part, "config.json", part) for part in ("unet", "vae")}
 
 
-def size_multiple(*, unet: dict, vae: dict) -> int:
-    """The side every image must be a multiple of: vae_scale_factor × 2^(down blocks − 1) (64 for SD)."""
-    vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
-    return vae_factor * 2 ** (len(unet["down_block_types"]) - 1)
-
-
-def check_resolution(resolution: int | None, *, unet: dict, vae: dict) -> None:
-    """Refuse a --resolution the UNet cannot take (no-op without one, or without configs to read)."""
-    if resolution is None or not unet or not vae:
-        return
-    multiple = size_multiple(unet=unet, vae=vae)
-    if resolution % multiple:
-        raise SnapdistillError(f"--resolution {resolution} does not fit this teacher: it must be a multiple of "
-                               f"{multiple} (VAE factor × 2^(UNet down blocks − 1))")
-
-
 def frozen_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype of the frozen teacher, VAE and text encoder: the mixed-precision one (the student keeps fp32)."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
@@ -175,10 +165,6 @@ def train_size(pipe, common: CommonConfig) -> int:
 
 def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def native_size(pipe) -> int:
-    return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
 def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int], Iterator], Callable]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from snapdistill.sampling.prompts import HPS_STYLES
+from snapdistill.metrics.aggregate import HPS_STYLES
 
 
 def _get(row: dict, *keys):

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from snapdistill.errors import SnapdistillError
-
-if TYPE_CHECKING:
-    from snapdistill.evaluation.stage import EvalConfig, SampleRun
+from snapdistill.evaluation.runs import EvalConfig, SampleRun, read_run
 
 
 def _slug(text: str) -> str:
@@ -22,7 +19,7 @@ def _slug(text: str) -> str:
 
 def resample_config(run: SampleRun, guidance: float, out: Path, config: EvalConfig):
     """The run's own sample settings (model, steps, size, scheduler, seed) at another guidance scale."""
-    from snapdistill.sampling.stage import SampleConfig
+    from snapdistill.sampling.config import SampleConfig
 
     c = run.manifest["config"]
     scheduler = c.get("scheduler")
@@ -38,7 +35,6 @@ def resample_config(run: SampleRun, guidance: float, out: Path, config: EvalConf
 
 def sweep(runs: list[SampleRun], config: EvalConfig, state) -> list[SampleRun]:
     """Each run sampled again at every sweep guidance scale it was not sampled at."""
-    from snapdistill.evaluation.stage import read_run
     from snapdistill.sampling import stage
     from snapdistill.sampling.prompts import PromptItem
 

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# HPSv2's benchmark scores 800 prompts per style in 10 consecutive chunks of 80.
+# HPSv2's benchmark: 800 prompts in each of four styles, scored in 10 consecutive chunks of 80.
+HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 HPS_CHUNKS = 10
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_bytes
+from snapdistill.pixels import square_resize
 
 # FID is biased upwards at small sample counts; numbers from fewer images are flagged, not hidden.
 FID_RELIABLE_MIN = 2000
@@ -65,8 +66,6 @@ def reference_files(folder: Path, limit: int | None = None) -> list[Path]:
 def reference_image(path: Path, size: int) -> np.ndarray:
     """A reference image as generated ones are shaped: centre crop, resized to `size` as build-data does
     (`square_resize`); uint8 HWC RGB."""
-    from snapdistill.data.images import square_resize
-
     with Image.open(path) as im:
         return square_resize(np.asarray(im.convert("RGB")), size)
 

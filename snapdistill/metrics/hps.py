@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.metrics.aggregate import mean_summary, style_summary
+from snapdistill.metrics.aggregate import HPS_STYLES, mean_summary, style_summary
 from snapdistill.metrics.cosine import pair_cosines
-from snapdistill.sampling.prompts import HPS_STYLES
 
 HPS_ARCH = "ViT-H-14"
 HPS_VERSIONS = ("v2.0", "v2.1")

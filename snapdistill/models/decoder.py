@@ -15,6 +15,7 @@ from pathlib import Path
 
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text
+from snapdistill.models.small_decoder import scale_mismatch
 
 RECORD = "decoder.json"
 CLASSES = ("AutoencoderKL", "AutoencoderTiny")
@@ -28,8 +29,6 @@ class LatentSpace:
 
     def differs(self, other: LatentSpace) -> list[str]:
         """What differs, in words (empty when `other` decodes the same latents)."""
-        from snapdistill.distill.small_decoder import scale_mismatch
-
         out = []
         if self.channels != other.channels:
             out.append(f"latent channels {other.channels} vs {self.channels}")

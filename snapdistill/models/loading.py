@@ -150,3 +150,37 @@ def load_pipeline(model: ResolvedModel, *, dtype: torch.dtype = torch.float32, d
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
+
+def size_multiple(*, unet: dict, vae: dict) -> int:
+    """The side every image must be a multiple of: vae_scale_factor × 2^(down blocks − 1) (64 for SD)."""
+    vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return vae_factor * 2 ** (len(unet["down_block_types"]) - 1)
+
+
+def check_resolution(resolution: int | None, *, unet: dict, vae: dict) -> None:
+    """Refuse a --resolution the UNet cannot take (no-op without one, or without configs to read)."""
+    if resolution is None or not unet or not vae:
+        return
+    multiple = size_multiple(unet=unet, vae=vae)
+    if resolution % multiple:
+        raise SnapdistillError(f"--resolution {resolution} does not fit this teacher: it must be a multiple of "
+                               f"{multiple} (VAE factor × 2^(UNet down blocks − 1))")
+
+
+def native_size(pipe) -> int:
+    """The side a pipeline was trained at: its UNet's sample size × the VAE factor."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def model_fingerprint(path: Path) -> str:
+    """A cheap identity of the model's files (relative path, size, mtime), so that images of a model retrained
+    in place are never mistaken for the new model's. Hashing the weights themselves would read gigabytes."""
+    import hashlib
+
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

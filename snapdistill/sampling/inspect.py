@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from snapdistill.distill.small_decoder import decoder_parameters
 from snapdistill.errors import SnapdistillError
 from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
+from snapdistill.models.small_decoder import decoder_parameters, to_pixels
+from snapdistill.sampling.config import SampleConfig
 from snapdistill.sampling.render import count_unet_rows, generate, resolve_settings
-from snapdistill.sampling.stage import SampleConfig, use_decoder
+from snapdistill.sampling.stage import use_decoder
 
 TIMING_PROMPT = "a red circle on the left and a blue square at the top, white background"
 
@@ -69,8 +70,6 @@ def median_seconds(fn, repeats: int = 3) -> float:
 @torch.no_grad()
 def time_parts(pipe, batch: int, size: int) -> dict:
     """Seconds per image of one decode and of one UNet call (a batch of `batch` latents, warmed up)."""
-    from snapdistill.distill.small_decoder import to_pixels
-
     side = size // pipe.vae_scale_factor
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(batch, pipe.unet.config.in_channels, side, side, generator=g).to(pipe.device, pipe.unet.dtype)
@@ -106,8 +105,8 @@ def time_sampling(pipe, prompts: list[str], *, steps: int, guidance: float, size
 
 def training_memory(pipe, *, batch_size: int, size: int, mixed_precision: str) -> dict:
     """Bytes per process of distilling this UNet (a same-size student, AdamW, EMA) at this batch and size, by part,
-    with and without gradient checkpointing (see `snapdistill.distill.memory`)."""
-    from snapdistill.distill.memory import estimate_memory, saved_activation_bytes
+    with and without gradient checkpointing (see `snapdistill.models.memory`)."""
+    from snapdistill.models.memory import estimate_memory, saved_activation_bytes
 
     student = sum(p.numel() for p in pipe.unet.parameters())
     frozen = student + sum(p.numel() for part in (pipe.vae, pipe.text_encoder) for p in part.parameters())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from snapdistill.errors import SnapdistillError
 from snapdistill.jsonl import parse_jsonl
+from snapdistill.metrics.aggregate import HPS_STYLES
 
 # HPSv2's benchmark: one JSON list of 800 prompts per style; folder names follow HPSv2's evaluation.
-HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 
 
 @dataclass(frozen=True)

@@ -8,33 +8,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.models.loading import model_fingerprint
 from snapdistill.models.student_record import StudentRecord
+from snapdistill.sampling.config import SampleConfig
 from snapdistill.sampling.schedulers import describe, make_scheduler
 
-if TYPE_CHECKING:
-    from snapdistill.sampling.stage import SampleConfig
-
 DEFAULT_TEACHER_STEPS = 20
-
-
-def model_fingerprint(path: Path) -> str:
-    """A cheap identity of the model's files (relative path, size, mtime), so that images of a model retrained
-    in place are never mistaken for the new model's. Hashing the weights themselves would read gigabytes."""
-    import hashlib
-
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

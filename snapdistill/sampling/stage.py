@@ -9,12 +9,11 @@ rerun skips images already present, and `manifest.json` is written last.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,16 @@ from snapdistill.manifest import (
     settings_diff,
     write_manifest,
 )
-from snapdistill.models.loading import default_device, load_pipeline, resolve_dtype, resolve_model
+from snapdistill.models.loading import (
+    default_device,
+    load_pipeline,
+    model_fingerprint,
+    resolve_dtype,
+    resolve_model,
+)
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import prepare_out
+from snapdistill.sampling.config import SampleConfig
 from snapdistill.sampling.prompts import PromptItem
 from snapdistill.sampling.render import check_grid, count_unet_rows, generate, resolve_settings, to_uint8
 
@@ -43,51 +49,12 @@ _IMAGE_KEYS = ("model_path", "model_fingerprint", "steps", "guidance", "size", "
                "decoder", "decoder_fingerprint")
 
 
-@dataclass
-class SampleConfig:
-    """Everything `sample` needs; the CLI fills it and `run` resolves the defaults."""
-
-    model: str                                   # teacher name, pipeline folder or checkpoint file
-    out: Path                                    # output folder
-    source: dict = field(default_factory=dict)   # how the prompts were chosen (for the manifest)
-    steps: int | None = None                     # None: the student's recorded count, else 20
-    guidance: float = 7.5                        # CFG scale s (a guided student is fed w = s - 1)
-    size: int | None = None                      # None: 512, or the model's native size when smaller
-    scheduler: str | None = None                 # None: the student's own, else dpmsolver++
-    spacing: str = "trailing"                    # timestep spacing of a named scheduler
-    negative_prompt: str | None = None
-    seed: int = 0                                # image of prompt index i gets seed + i
-    batch_size: int = 8
-    dtype: str = "fp32"
-    device: str | None = None                    # None: cuda when available, else cpu
-    allow_download: bool = False
-    overwrite: bool = False                      # replace images made with other settings or another model
-    allow_off_grid: bool = False                 # let --steps/--scheduler leave a step-distilled student's grid
-    decoder: Path | None = None                  # a distill-decoder OUT/decoder folder used instead of the model's VAE
-
-    def check(self) -> None:
-        """Refuse impossible numbers with one line, before prompts are read or the model loads."""
-        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--size", self.size),
-                            ("--limit", self.source.get("limit")), ("--toy-val", self.source.get("toy_val"))):
-            if value is not None and value < 1:
-                raise SnapdistillError(f"{flag} must be a positive integer, got {value}")
-        # Any finite scale is a valid input to diffusers (s <= 1 means no guidance); nan or inf would give nan images.
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise SnapdistillError(f"--guidance must be a finite number >= 0, got {self.guidance}")
-
-    def inputs(self, model_path: Path) -> dict:
-        """What this run reads, by flag: `--out` must stay apart from all of it."""
-        return {"--teacher": model_path, "--decoder": self.decoder,
-                **{f"--{k.replace('_', '-')}": self.source.get(k) for k in ("prompts", "coco", "hps_benchmark")}}
-
-
 def use_decoder(pipe, model_path: Path, decoder: Path | None) -> dict:
     """Swap the small decoder of `decoder` into `pipe` (refused when trained for another latent space); return
     the settings that identify it (none without one)."""
     if decoder is None:
         return {}
     from snapdistill.models.decoder import pipeline_latent_space, swap_decoder
-    from snapdistill.sampling.render import model_fingerprint
 
     vae_dir = Path(model_path) / "vae" if Path(model_path).is_dir() else None
     swap_decoder(pipe, Path(decoder), pipeline_latent_space(pipe, vae_dir))

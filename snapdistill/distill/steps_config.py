@@ -1,0 +1,128 @@
+"""The settings of `distill-steps`, shared by every route (`snapdistill.distill.routes`): what each mode reads,
+the checks that refuse impossible values with one line, and the flags a route ignores."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from snapdistill.distill.consistency import check_distance
+from snapdistill.distill.losses import check_guidance_range, check_solver, check_space
+from snapdistill.distill.stage import CommonConfig
+from snapdistill.errors import SnapdistillError
+
+
+@dataclass
+class ConsistencyConfig:
+    distance: str = "huber"             # huber (pseudo-Huber, as LCM) | l2
+    huber_c: float = 0.001              # the pseudo-Huber c
+    target_ema: float = 0.95            # μ of the target network: target ← μ·target + (1 − μ)·online
+    num_ddim_timesteps: int = 50        # N, LCMScheduler's original_inference_steps; the solver skips k = T // N
+
+    def check(self, to_steps: int) -> None:
+        """Refuse impossible settings with one line (the teacher's T is checked by `check_schedule`)."""
+        check_distance(self.distance)
+        if not (math.isfinite(self.huber_c) and self.huber_c > 0):
+            raise SnapdistillError(f"--huber-c must be a finite number > 0, got {self.huber_c}")
+        if not 0 <= self.target_ema < 1:
+            raise SnapdistillError(f"--target-ema must be in [0, 1), got {self.target_ema}")
+        if self.num_ddim_timesteps < 1:
+            raise SnapdistillError(f"--num-ddim-timesteps must be an integer >= 1, got {self.num_ddim_timesteps}")
+        if not 1 <= to_steps <= self.num_ddim_timesteps:
+            raise SnapdistillError(f"--to {to_steps}: a consistency student samples 1 to --num-ddim-timesteps "
+                                   f"({self.num_ddim_timesteps}) steps of its grid")
+
+    def check_schedule(self, num_train_timesteps: int) -> None:
+        """Refuse a grid the teacher's schedule cannot hold: N above its T training timesteps."""
+        if self.num_ddim_timesteps > num_train_timesteps:
+            raise SnapdistillError(f"--num-ddim-timesteps {self.num_ddim_timesteps}: the teacher's schedule has only "
+                                   f"{num_train_timesteps} timesteps")
+
+
+MODES = ("direct", "progressive", "consistency")
+DEFAULT_FROM = 16
+
+
+@dataclass
+class StepsConfig:
+    common: CommonConfig
+    from_steps: int | None = None                       # None: 16 (direct, progressive); consistency takes none
+    to_steps: int = 8
+    mode: str = "direct"                                # direct | progressive | consistency
+    target_space: str = "x0"                            # x0 | eps | v (see DESIGN.md §3)
+    cfg_prob: float = 0.1                               # share of CFG-aware batches (SnapFusion §4.2)
+    cfg_range: tuple[float, float] = (2.0, 14.0)
+    gamma: float = 0.0                                  # weight of the original denoising loss (0: off)
+    embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
+    cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
+    teacher_substeps: int = 2                           # solver substeps per teacher step in the landing target
+    teacher_solver: str = "dpmsolver++"                 # dpmsolver++ (2M within each landing) | ddim
+    consistency: ConsistencyConfig | None = None        # the settings of --mode consistency (None otherwise)
+
+    def __post_init__(self):
+        if self.mode == "consistency" and self.consistency is None:
+            self.consistency = ConsistencyConfig()
+        if self.mode != "consistency" and self.from_steps is None:
+            self.from_steps = DEFAULT_FROM
+
+    def check(self) -> None:
+        """Refuse impossible settings with one line, before the teacher loads or anything is written."""
+        self.common.check()
+        if self.mode not in MODES:
+            raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        check_guidance_range(self.cfg_range)
+        if self.mode == "consistency":
+            if self.from_steps is not None:
+                raise SnapdistillError("--mode consistency takes no --from: the student learns the teacher's whole "
+                                       "trajectory (set its grid with --num-ddim-timesteps)")
+            self.consistency.check(self.to_steps)
+            return
+        if self.consistency is not None:
+            raise SnapdistillError(f"--loss, --huber-c, --target-ema and --num-ddim-timesteps need --mode consistency, "
+                                   f"got --mode {self.mode}")
+        n, m = self.from_steps, self.to_steps
+        if m <= 0 or m >= n or n % m:
+            raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
+        if self.mode == "progressive" and (n // m) & (n // m - 1):
+            raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, "
+                                   f"got {n // m}")
+        if not 0 <= self.cfg_prob <= 1:
+            raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
+        check_space(self.target_space)
+        check_solver(self.teacher_solver)
+        if not 1 <= self.teacher_substeps <= 64:
+            raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
+
+
+def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
+    """One line per flag that is set away from its default and does nothing with this teacher.
+
+    `teacher_w_dim` is the teacher's time_cond_proj_dim (None: it runs CFG), read from its unet/config.json.
+    """
+    default = {f.name: f.default for f in dataclasses.fields(StepsConfig)}
+    if config.mode == "consistency":
+        return _ignored_by_consistency(config, default, teacher_w_dim)
+    student_takes_w = teacher_w_dim is not None or config.embed_guidance
+    lines = []
+    if student_takes_w and config.cfg_prob != default["cfg_prob"]:
+        lines.append("--cfg-prob has no effect: the student takes w, so every batch is distilled at a guidance "
+                     "scale drawn from --guidance-range")
+    if teacher_w_dim is not None and config.embed_guidance:
+        lines.append("--embed-guidance has no effect: the teacher already takes w, and its student copies it")
+    if not (config.embed_guidance and teacher_w_dim is None) and config.cond_dim != default["cond_dim"]:
+        lines.append("--cond-dim has no effect: only --embed-guidance with a teacher that takes no w adds a "
+                     "guidance input")
+    return lines
+
+
+def _ignored_by_consistency(config: StepsConfig, default: dict, teacher_w_dim: int | None) -> list[str]:
+    """`ignored_flags` for --mode consistency: the step-distillation flags it does not read."""
+    unused = {"cfg_prob": "--cfg-prob", "target_space": "--target-space", "gamma": "--gamma",
+              "teacher_substeps": "--teacher-substeps", "teacher_solver": "--teacher-solver",
+              "embed_guidance": "--embed-guidance"}
+    lines = [f"{flag} has no effect with --mode consistency" for name, flag in unused.items()
+             if getattr(config, name) != default[name]]
+    if teacher_w_dim is not None and config.cond_dim != default["cond_dim"]:
+        lines.append("--cond-dim has no effect: the teacher already takes w, and its student copies it")
+    return lines
