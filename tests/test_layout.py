@@ -92,9 +92,9 @@ def test_every_import_goes_down_the_layers():
 
 
 def _circles() -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan), the edges into a package's own
-    `__init__` left out: Python imports a package before its modules, which is no circle of the design."""
-    edges = {m: {t for t, _ in GRAPH[m] if t in MODULES and not m.startswith(t + ".")} for m in MODULES}
+    """Strongly connected components of more than one module (Tarjan); a package's `__init__` is a module like
+    any other, so `pkg/__init__` importing `pkg.mod` that imports names from `pkg` is a circle too."""
+    edges = {m: {t for t, _ in GRAPH[m] if t in MODULES} for m in MODULES}
     index, low, stack, on_stack, out = {}, {}, [], set(), []
 
     def visit(v: str) -> None:

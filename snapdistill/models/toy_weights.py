@@ -25,7 +25,7 @@ _TEACHER_FILES = (
 )
 
 
-def _broken(path: Path, command: str) -> SnapdistillError:
+def broken_weights(path: Path, command: str) -> SnapdistillError:
     return SnapdistillError(
         f"{path}: missing or corrupted toy weights; rebuild with `snapdistill toy {command}`"
     )
@@ -40,16 +40,16 @@ def _check_safetensors(path: Path, command: str) -> None:
             if keys:
                 f.get_slice(keys[-1])
     except Exception as e:  # safetensors raises several types on truncated or garbled files
-        raise _broken(path, command) from e
+        raise broken_weights(path, command) from e
     if not keys:
-        raise _broken(path, command)
+        raise broken_weights(path, command)
 
 
-def _check_folder(folder: Path, files: tuple[str, ...], command: str) -> Path:
+def check_weights_folder(folder: Path, files: tuple[str, ...], command: str) -> Path:
     for rel in files:
         path = folder / rel
         if not path.is_file() or path.stat().st_size == 0:
-            raise _broken(path, command)
+            raise broken_weights(path, command)
         if path.suffix == ".safetensors":
             _check_safetensors(path, command)
     return folder
@@ -57,4 +57,4 @@ def _check_folder(folder: Path, files: tuple[str, ...], command: str) -> Path:
 
 def toy_teacher_dir(root: Path | None = None) -> Path:
     """The shipped toy teacher folder, checked for completeness (SnapdistillError when broken)."""
-    return _check_folder(Path(root) if root else WEIGHTS_DIR / "teacher", _TEACHER_FILES, "teacher")
+    return check_weights_folder(Path(root) if root else WEIGHTS_DIR / "teacher", _TEACHER_FILES, "teacher")

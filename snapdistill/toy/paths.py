@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from snapdistill.models.toy_weights import WEIGHTS_DIR, _broken, _check_folder, toy_teacher_dir
+from snapdistill.models.toy_weights import WEIGHTS_DIR, broken_weights, check_weights_folder, toy_teacher_dir
 
 _JUDGE_FILES = ("config.json", "judge.safetensors", "manifest.json")
 
 
 def toy_judge_dir(root: Path | None = None) -> Path:
     """The shipped toy judge folder, checked for completeness (SnapdistillError when broken)."""
-    return _check_folder(Path(root) if root else WEIGHTS_DIR / "judge", _JUDGE_FILES, "judge")
+    return check_weights_folder(Path(root) if root else WEIGHTS_DIR / "judge", _JUDGE_FILES, "judge")
 
 
 def load_toy_teacher(root: Path | None = None):
@@ -22,7 +22,7 @@ def load_toy_teacher(root: Path | None = None):
     try:
         return StableDiffusionPipeline.from_pretrained(folder)
     except Exception as e:
-        raise _broken(folder, "teacher") from e
+        raise broken_weights(folder, "teacher") from e
 
 
 def load_judge(device: str = "cpu", root: Path | None = None):
@@ -33,4 +33,4 @@ def load_judge(device: str = "cpu", root: Path | None = None):
     try:
         return load_judge_from(folder, device=device)
     except Exception as e:
-        raise _broken(folder, "judge") from e
+        raise broken_weights(folder, "judge") from e
