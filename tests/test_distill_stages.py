@@ -288,3 +288,13 @@ def test_default_lr_is_resolved_by_size_and_recorded(guided_run):
         config = json.loads((guided_run / name).read_text())
         config = config.get("config", config)
         assert config["common"]["train"]["lr"] == 3e-4
+
+
+def test_every_mode_has_a_route_and_every_route_a_mode():
+    """`StepsConfig.check` accepts MODES and `routes.run` dispatches on ROUTES: the two lists name the same modes, so
+    a mode the check lets through always has a route, and a new route is reachable from the command line."""
+    from snapdistill.distill.routes import ROUTES
+    from snapdistill.distill.steps_config import MODES
+
+    assert sorted(ROUTES) == sorted(MODES)
+    assert ROUTES["direct"] is ROUTES["progressive"] is steps_stage.run

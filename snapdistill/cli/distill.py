@@ -233,8 +233,8 @@ def distill_steps(
                                "num_ddim_timesteps": num_ddim_timesteps}.items() if v is not None}
     consistency = ConsistencyConfig(**given) if given or mode == "consistency" else None
     config = StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
-                               target_space=target_space, cfg_prob=cfg_prob,
-                               cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
-                               embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps,
-                               teacher_solver=teacher_solver, consistency=consistency)
+                         target_space=target_space, cfg_prob=cfg_prob,
+                         cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
+                         embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps,
+                         teacher_solver=teacher_solver, consistency=consistency)
     _launch(config, routes.run, shared["dry_run"], {"time_cond_proj_dim": cond_dim} if embed_guidance else None)

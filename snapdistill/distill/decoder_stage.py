@@ -31,7 +31,7 @@ from snapdistill.manifest import atomic_write_text, input_entry, write_manifest
 from snapdistill.models import decoder as records
 from snapdistill.models import small_decoder as sd
 from snapdistill.models.encoding import encode_latents
-from snapdistill.models.loading import load_pipeline, resolve_model
+from snapdistill.models.loading import load_pipeline, native_size, resolve_model
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import check_out_apart
 
@@ -240,7 +240,7 @@ def run(config: DecoderConfig) -> Path:
         # A from-scratch conv net: on the toy world (kl, width 0.5, L2, 600 steps) 4e-3 beat 1e-3/2e-3 and tied 8e-3;
         # recorded in config.json and the manifest.
         config.train.lr = DEFAULT_LR
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = native_size(pipe)
     sampled, encoded = split_batch(config.latents_from, config.train.batch_size)
     cached = cache_record(config.shards) if encoded else None
     if cached is not None:  # before the run folder is made: a cache of another VAE or size is refused

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.models.loading import model_fingerprint
+from snapdistill.models.loading import model_fingerprint, native_size
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.sampling.config import SampleConfig
 from snapdistill.sampling.schedulers import describe, make_scheduler
@@ -93,7 +93,7 @@ def resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict
     # A step-distilled student is sampled with its own scheduler, on the grid it was trained on.
     name = config.scheduler or ("own" if own_steps else "dpmsolver++")
     scheduler = pipe.scheduler if name == "own" else make_scheduler(name, pipe.scheduler.config, spacing=config.spacing)
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    native = native_size(pipe)
     # The seed's benchmark is 512 px; models trained smaller (the toy world) keep their native size.
     # A student trained at --resolution is sampled there.
     size = config.size or (record.resolution if record and record.resolution else min(native, 512))
