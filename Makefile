@@ -55,9 +55,10 @@ lint: install
 # direct8-base is SnapFusion's route from the base teacher (unguided student, CFG when sampled). The direct
 # 16->4 student is a bench row only: reproduce shows 4 steps through progressive4 and keeps its 15 minutes.
 R := $(RUNS)/$(PROFILE)
-STUDENTS := direct8 progressive4 direct8-base
+STUDENTS := direct8 progressive4 progressive2 progressive1 direct8-base
 BENCH_STUDENTS := $(STUDENTS) direct4 consistency consistency-base
-SAMPLE_RUNS := teacher20 teacher16 teacher8 guided16 $(STUDENTS)
+# The teacher at 4, 2 and 1 steps: the training-free sampler at the 4-, 2- and 1-step students' UNet calls and below.
+SAMPLE_RUNS := teacher20 teacher16 teacher8 teacher4 teacher2 teacher1 guided16 $(STUDENTS)
 
 ifeq ($(PROFILE),toy)
 SD := $(BIN)/snapdistill
@@ -161,6 +162,17 @@ $(eval $(call STUDENT_RULE,direct4,direct,4))
 $(R)/progressive4/manifest.json: $(R)/direct8/manifest.json
 	$(SD) distill-steps --teacher $(R)/direct8/student --shards $(R)/shards-clean --from 8 --to 4 \
 		--mode progressive --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/progressive4
+
+# The end of the chain: 4->2 and 2->1, each round from the last round's student. Their teacher is a step-distilled
+# student, so each round's landing target is its own DDIM steps on its own grid (the default for such a teacher;
+# README, "Two steps and one").
+$(R)/progressive2/manifest.json: $(R)/progressive4/manifest.json
+	$(SD) distill-steps --teacher $(R)/progressive4/student --shards $(R)/shards-clean --from 4 --to 2 \
+		--mode progressive --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/progressive2
+
+$(R)/progressive1/manifest.json: $(R)/progressive2/manifest.json
+	$(SD) distill-steps --teacher $(R)/progressive2/student --shards $(R)/shards-clean --from 2 --to 1 \
+		--mode progressive --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/progressive1
 
 # SnapFusion's route, for the bench: the base teacher -> an unguided 8-step student.
 $(R)/direct8-base/manifest.json: $(R)/shards-clean/manifest.json

@@ -2,7 +2,9 @@
 
 import json
 
-from snapdistill.bench.toy import ratios, teacher_rows, training_budget
+import pytest
+
+from snapdistill.bench.toy import best_students, ratios, teacher_rows, training_budget
 
 
 def _run(folder, stage, steps, teacher, **config):
@@ -30,6 +32,10 @@ def test_teacher_rows_per_sample_of_each_route():
     assert teacher_rows("distill-steps", {**base, "to_steps": 4}, teacher_takes_w=True) == 8.0
     assert teacher_rows("distill-steps", {**base, "mode": "progressive", "from_steps": 8, "to_steps": 4},
                         teacher_takes_w=True) == 4.0
+    # A round whose teacher is a step student lands by one DDIM step per teacher step (`landings`, as resolved).
+    landed = {**base, "mode": "progressive", "from_steps": 4, "to_steps": 2, "teacher_substeps": None,
+              "landings": [{"round": [4, 2], "teacher_substeps": 1, "teacher_solver": "ddim"}]}
+    assert teacher_rows("distill-steps", landed, teacher_takes_w=True) == 2.0
     assert teacher_rows("distill-steps", {"mode": "consistency"}, teacher_takes_w=True) == 2.0
     assert teacher_rows("distill-steps", {"mode": "consistency"}, teacher_takes_w=False) == 3.0
     assert teacher_rows("distill-decoder", {}, teacher_takes_w=False) is None
@@ -58,6 +64,26 @@ def test_consistency_rows_sample_one_run_at_2_4_8_and_their_ratios():
     out = ratios(rows)
     assert (out["Q4_consistency"], out["Q8_consistency"], out["Q4_consistency_base"]) == (1.25, 1.125, 1.5)
     assert "Q8_consistency_base" not in out  # a row that was not built gives no figure
+
+
+def test_q2_and_q1_are_the_best_student_at_that_step_count():
+    def student(fid, exact, steps, samples, seconds):
+        return {**_row(fid, exact, 0.01), "steps": steps, "training": [{}], "train_samples": samples,
+                "train_seconds": seconds}
+
+    rows = {"teacher16_cfg": {**_row(400, 0.97, 0), "steps": 16}, "teacher1_cfg": {**_row(9000, 0.1, 0.2), "steps": 1},
+            "teacher2_cfg": {**_row(6000, 0.2, 0.1), "steps": 2},
+            "progressive2": student(420, 0.95, 2, 110000, 500.0), "consistency2": student(900, 0.7, 2, 54400, 300.0),
+            "progressive1": student(600, 0.8, 1, 140000, 700.0)}
+    out = ratios(rows)
+    assert (out["Q2_progressive"], out["Q1_progressive"], out["B2"], out["B1"]) == (1.05, 1.5, 15.0, 22.5)
+    assert (out["Q2"], out["Q1"]) == (1.05, 1.5)
+    best = best_students(rows)
+    assert best[2] == {"row": "progressive2", "ratio": 1.05, "exact": 0.95, "exact_vs_reference": pytest.approx(-0.02),
+                       "train_samples": 110000, "train_seconds": 500.0}
+    rows["consistency2"]["fid"] = 380.0  # a better 2-step student of another route becomes Q2
+    assert best_students(rows)[2]["row"] == "consistency2" and ratios(rows)["Q2"] == 0.95
+    assert "Q4" not in ratios(rows)  # no 4-step student among these rows
 
 
 def test_speed_figures_time_the_rows_in_turn(tmp_path, monkeypatch):

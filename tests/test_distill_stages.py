@@ -40,6 +40,15 @@ def steps_run(tmp_path_factory, guided_run, test_shards):
 
 
 @pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory, steps_run, test_shards):
+    """The end of the chain: one progressive round 2 -> 1 from the 2-step student."""
+    out = tmp_path_factory.mktemp("one-step") / "run"
+    steps_stage.run(steps_stage.StepsConfig(common=_common(steps_run / "student", test_shards, out),
+                                            from_steps=2, to_steps=1, mode="progressive"))
+    return out
+
+
+@pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory, tiny_eps_dir, test_shards):
     """One stage from the base teacher: the student takes w and learns the CFG teacher's landing."""
     out = tmp_path_factory.mktemp("embedded") / "run"
@@ -69,7 +78,8 @@ def test_guided_student_run_folder(guided_run):
     assert unet_config["time_cond_proj_dim"] == 32
 
 
-@pytest.mark.parametrize("run_name, steps", [("guided_run", 3), ("steps_run", None), ("embedded_run", None)])
+@pytest.mark.parametrize("run_name, steps", [("guided_run", 3), ("steps_run", None), ("one_step_run", None),
+                                             ("embedded_run", None)])
 def test_student_runs_in_stock_diffusers_one_call_per_step(request, tmp_path, run_name, steps):
     """StableDiffusionPipeline.from_pretrained(student): one UNet row per image per step at guidance 7.5, and the
     same images as `snapdistill sample`."""
@@ -92,7 +102,7 @@ def test_student_runs_in_stock_diffusers_one_call_per_step(request, tmp_path, ru
     assert rows[0] == len(PROMPTS) * n_steps and m["metrics"]["unet_calls_per_image"] == n_steps
     assert m["config"]["scheduler"]["name"] == ("dpmsolver++" if steps else "own")
     if not steps:  # a step-distilled student is sampled on exactly the timesteps it was trained on
-        assert timesteps == info["timesteps"] == [999, 499]
+        assert timesteps == info["timesteps"] == [999, 499][:n_steps]
     ours = np.stack([np.asarray(Image.open(tmp_path / "s" / "images" / f"{i:05d}-s{i}.png")) for i in range(2)])
     np.testing.assert_array_equal(ours, render.to_uint8(images))
 
@@ -131,7 +141,28 @@ def test_progressive_rounds_are_sub_runs(tmp_path, tiny_eps_dir, test_shards):
               for d in ("round-1-8to4", "round-2-4to2")]
     assert rounds == [[8, 4], [4, 2]]
     assert json.loads((out / "student" / "snapdistill.json").read_text())["num_inference_steps"] == 2
-    assert json.loads((out / "manifest.json").read_text())["outputs"]["round_2"] == "round-2-4to2"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["round_2"] == "round-2-4to2"
+    # The first round's teacher is a full denoiser (its ODE, 2 DPM-Solver++ substeps per step); the second's is the
+    # first round's 4-step student, which knows only its own grid (one DDIM step per teacher step).
+    assert manifest["config"]["landings"] == [
+        {"round": [8, 4], "teacher_substeps": 2, "teacher_solver": "dpmsolver++"},
+        {"round": [4, 2], "teacher_substeps": 1, "teacher_solver": "ddim"}]
+
+
+def test_a_step_student_teacher_lands_on_its_own_grid(one_step_run):
+    manifest = json.loads((one_step_run / "manifest.json").read_text())
+    assert manifest["config"]["landings"] == [{"round": [2, 1], "teacher_substeps": 1, "teacher_solver": "ddim"}]
+    assert json.loads((one_step_run / "student" / "snapdistill.json").read_text())["timesteps"] == [999]
+
+
+def test_the_landing_flags_override_the_teachers_default(tmp_path):
+    from snapdistill.distill.steps_config import landing
+
+    config = steps_stage.StepsConfig(common=_common("toy", tmp_path, tmp_path / "o"), from_steps=4, to_steps=2)
+    assert landing(config, step_teacher=True) == (1, "ddim") and landing(config, step_teacher=False) == (2, "dpmsolver++")
+    config.teacher_substeps, config.teacher_solver = 3, "dpmsolver++"
+    assert landing(config, step_teacher=True) == (3, "dpmsolver++")
 
 
 def _bad(cli, tmp_path, teacher, shards, *extra):
@@ -140,13 +171,26 @@ def _bad(cli, tmp_path, teacher, shards, *extra):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--from", 16, "--to", 5), "--to must be smaller than --from and divide it"),
+    (("--from", 16, "--to", 5), "--to must divide --from"),
     (("--from", 8, "--to", 8), "--to must be smaller than --from"),
     (("--from", 12, "--to", 4, "--mode", "progressive"), "power of 2"),
+    (("--from", 2, "--to", 0, "--mode", "progressive"), "--from and --to must be integers >= 1"),
+    (("--from", 2, "--to", 4, "--mode", "progressive"), "--to must be smaller than --from"),
+    (("--from", 4, "--to", 3, "--mode", "progressive"), "--to must divide --from"),
 ])
 def test_bad_step_counts(cli, tmp_path, tiny_eps_dir, test_shards, extra, message):
     code, _, err = _bad(cli, tmp_path, tiny_eps_dir, test_shards, *extra)
     assert code == 2 and message in err and err.count("\n") == 1
+    # Refused before any model loads: the same line with a teacher folder that holds nothing.
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    code, _, err = _bad(cli, tmp_path, tmp_path / "empty", test_shards, *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_step_student_teacher_needs_its_own_step_count(cli, tmp_path, steps_run, test_shards):
+    code, _, err = _bad(cli, tmp_path, steps_run / "student", test_shards, "--from", 4, "--to", 1)
+    assert code == 2 and "--teacher is a 2-step student" in err and "--from 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_prediction_type(cli, tmp_path, tiny_eps_dir, test_shards):

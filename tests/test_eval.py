@@ -257,3 +257,18 @@ def test_out_overlapping_an_input_is_refused_and_nothing_is_touched(tmp_path, cl
     err = _one_line_error(cli, a, "--mse-reference", ref, "--out", out)
     assert f"--out {out}" in err and f"the {flag} input" in err and "choose an --out outside every input" in err
     assert {p.relative_to(runs): p.read_bytes() for p in sorted(runs.rglob("*")) if p.is_file()} == before
+
+
+def test_quality_plot_draws_fid_on_a_log_axis(tmp_path):
+    """The teacher's 4-step toy FID (~7,500) beside ~400 elsewhere: FID-like panels are log, accuracies linear."""
+    from snapdistill.evaluation.report import plot_quality_vs_steps
+
+    def row(label, steps, calls, fid, exact):
+        return {"label": label, "steps": steps, "guidance": 7.5, "unet_calls_per_image": calls,
+                "metrics": {"toy": {"fid": fid, "exact": exact, "acc": exact}}}
+
+    rows = [row("teacher", 16, 32, 497.0, 0.97), row("teacher", 4, 8, 7555.0, 0.37), row("progressive", 2, 2, 430, 0.95)]
+    scales = plot_quality_vs_steps(rows, tmp_path / "q.png")
+    assert scales == {"Judge acc": "linear", "Toy FID (log)": "log"}
+    assert Image.open(tmp_path / "q.png").size[0] > 100
+    assert plot_quality_vs_steps(rows[:1], tmp_path / "none.png") is False

@@ -11,6 +11,9 @@ ROWS = {
     "teacher8_cfg": ("toy", 8, 7.5, None),
     "teacher20_cfg": ("toy", 20, 7.5, None),
     "teacher4_cfg": ("toy", 4, 7.5, None),
+    # The teacher at the 2- and 1-step students' budgets: 2 DPM++ steps with CFG are 4 UNet calls, 1 step 2 calls.
+    "teacher2_cfg": ("toy", 2, 7.5, None),
+    "teacher1_cfg": ("toy", 1, 7.5, None),
     "guided8_dpm": ("guided", 8, 7.5, "dpmsolver++"),
     "guided16": ("guided", 16, 7.5, "dpmsolver++"),
     "direct8": ("direct8", None, 7.5, None),
@@ -19,6 +22,9 @@ ROWS = {
     # row samples direct8's student (see NOTES); progressive4 continues from it with one 8->4 round.
     "progressive8": ("direct8", None, 7.5, None),
     "progressive4": ("progressive4", None, 7.5, None),
+    # The end of the chain: one 4->2 round from progressive4's student, one 2->1 round from progressive2's.
+    "progressive2": ("progressive2", None, 7.5, None),
+    "progressive1": ("progressive1", None, 7.5, None),
     "direct8_base": ("direct8-base", None, 7.5, None),
     # Block-removed 16->8 students (BK-SDM), one per --student-arch.
     "arch_bk_base8": ("arch-bk-base8", None, 7.5, None),

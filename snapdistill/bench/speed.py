@@ -68,7 +68,7 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     from snapdistill.diffusion import DiffusionModel
     from snapdistill.distill.guided import Guided, StudentKind
     from snapdistill.distill.losses import Batch
-    from snapdistill.distill.steps_config import StepsConfig
+    from snapdistill.distill.steps_config import DENOISER_TEACHER_LANDING
     from snapdistill.distill.steps_stage import round_loss
     from snapdistill.distill.student import copy_student
     from snapdistill.models.encoding import TextEmbeddings
@@ -87,7 +87,7 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     student = student_kind.on(student_unet, teacher.schedule)
     optimizer = torch.optim.AdamW(student_unet.parameters(), lr=1e-6)
     loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8,
-                      StepsConfig.teacher_substeps, solver=StepsConfig.teacher_solver)
+                      DENOISER_TEACHER_LANDING[0], solver=DENOISER_TEACHER_LANDING[1])
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
     lat = 2 * torch.randn(batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     data = Batch(latents=lat, cond=text(toy_val_prompts(batch)), uncond=text([""]))

@@ -33,9 +33,11 @@ def teacher_rows(stage: str, config: dict, teacher_takes_w: bool) -> float | Non
     if config.get("mode") == "consistency":
         return rows_per_call + 1.0                       # one solver step of the teacher, one target call
     n, m = config["from_steps"], config["to_steps"]
-    calls = n // m * config.get("teacher_substeps", 1)   # progressive rounds each halve: n // m = 2
+    # The landing's substeps as each round resolved them (runs before `landings` recorded only the flag).
+    substeps = config["landings"][-1]["teacher_substeps"] if config.get("landings") else config.get("teacher_substeps", 1)
+    calls = n // m * substeps                            # progressive rounds each halve: n // m = 2
     if config["mode"] == "progressive":
-        calls = 2 * config.get("teacher_substeps", 1)
+        calls = 2 * substeps
     if not teacher_takes_w and not config.get("embed_guidance"):
         rows_per_call = 1.0 + config.get("cfg_prob", 0.0)  # CFG only on the CFG-aware share of batches
     return calls * rows_per_call
@@ -121,6 +123,7 @@ def toy_rows(runs: Path, out: Path, n_prompts: int) -> dict:
         if model != "toy":
             rows[name]["training"] = training_budget(path)
             rows[name]["train_samples"] = sum(stage["samples"] for stage in rows[name]["training"])
+            rows[name]["train_seconds"] = round(sum(stage["train_seconds"] for stage in rows[name]["training"]), 1)
         if name in NOTES:
             rows[name]["note"] = NOTES[name]
         print(f"{name:>16}: fid {summary['fid']:.2f} acc {summary['acc']:.3f} exact {summary['exact']:.3f} "
@@ -150,6 +153,21 @@ def _ratio(rows: dict, a: str, b: str, key: str = "fid") -> float | None:
     return None
 
 
+def best_students(rows: dict, steps: tuple[int, ...] = (1, 2)) -> dict:
+    """Per step count: the trained row (a student: it has a training budget) with the lowest toy FID at that many
+    steps, its ratio to the reference, judge exact, and the training samples and seconds behind it."""
+    out = {}
+    for n in steps:
+        found = [(r["fid"], name) for name, r in rows.items() if r.get("steps") == n and "training" in r]
+        if found and REFERENCE in rows:
+            name = min(found)[1]
+            r = rows[name]
+            out[n] = {"row": name, "ratio": r["fid"] / rows[REFERENCE]["fid"], "exact": r["exact"],
+                      "exact_vs_reference": r["exact"] - rows[REFERENCE]["exact"],
+                      "train_samples": r["train_samples"], "train_seconds": r["train_seconds"]}
+    return out
+
+
 def ratios(rows: dict) -> dict:
     """The figures of BENCH.md, from the rows that exist."""
     ref = REFERENCE
@@ -162,6 +180,10 @@ def ratios(rows: dict) -> dict:
         "Q4_consistency_base": _ratio(rows, "consistency_base4", ref),
         "Q8_consistency_base": _ratio(rows, "consistency_base8", ref),
     }
+    out.update({"Q2_progressive": _ratio(rows, "progressive2", ref), "Q1_progressive": _ratio(rows, "progressive1", ref),
+                "B2": _ratio(rows, "teacher2_cfg", ref), "B1": _ratio(rows, "teacher1_cfg", ref)})
+    for steps, best in best_students(rows).items():
+        out[f"Q{steps}"] = best["ratio"]
     baselines = [k for k in ("teacher8_cfg", "guided8_dpm") if k in rows]
     if baselines and ref in rows:
         out["D8"] = min(rows[k]["fid"] for k in baselines) / rows[ref]["fid"]
@@ -237,6 +259,9 @@ def print_table(result: dict) -> None:
     console.print(table)
     for name, r in result.get("arch", {}).items():
         console.print(f"[bold]arch {name}[/bold]: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()))
+    for name, best in result.get("best_students", {}).items():
+        console.print(f"[bold]{name}[/bold]: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in best.items()))
     for section in ("judge", "ratios", "decoder", "speed", "distill_step", "data"):
         if section in result:
             console.print(f"[bold]{section}[/bold]: " + ", ".join(
@@ -257,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     result["toy"] = toy_rows(runs, runs / "bench", args.prompts)
     result["judge"] = judge_figures()
     result["ratios"] = ratios(result["toy"])
+    result["best_students"] = {f"Q{n}": best for n, best in best_students(result["toy"]).items()}
     if arch := arch_figures(result["toy"]):
         result["arch"] = arch
     if small := decoder_figures(runs, result["toy"]):

@@ -193,12 +193,15 @@ def distill_steps(
         help="With a base teacher: the student takes the guidance scale as an input (w = s - 1) and learns the "
              "teacher's guided landing, one UNet call per step (stages 1 and 2 in one).")] = False,
     cond_dim: Annotated[int, typer.Option("--cond-dim", help="time_cond_proj_dim of an --embed-guidance student.")] = 256,
-    teacher_substeps: Annotated[int, typer.Option(
+    teacher_substeps: Annotated[int | None, typer.Option(
         "--teacher-substeps", help="Solver substeps per teacher step in the landing target (1: the teacher's own "
-                                   "N-step trajectory; more: closer to its ODE, at that many times the teacher calls).")] = 2,
-    teacher_solver: Annotated[str, typer.Option(
+                                   "N-step trajectory; more: closer to its ODE, at that many times the teacher calls) "
+                                   "[default: 1 when the round's teacher is a step-distilled student, which knows "
+                                   "only its own grid; else 2].")] = None,
+    teacher_solver: Annotated[str | None, typer.Option(
         "--teacher-solver", help="The teacher's solver in the landing target: dpmsolver++ (second order, 2M, on each "
-                                 "landing's own substeps) or ddim.")] = "dpmsolver++",
+                                 "landing's own substeps) or ddim [default: ddim when the round's teacher is a "
+                                 "step-distilled student (its own sampler); else dpmsolver++].")] = None,
     loss: Annotated[str | None, typer.Option(
         "--loss", help="consistency: distance between online and target outputs, huber (pseudo-Huber) or l2 "
                        "[default: huber].")] = None,
@@ -218,6 +221,8 @@ def distill_steps(
       snapdistill distill-steps --teacher sd15 --from 16 --to 8 --shards data/laion-art --out runs/sd15-8
 
       snapdistill distill-steps --teacher runs/guided/student --from 16 --to 4 --mode progressive --out runs/p4
+
+      snapdistill distill-steps --teacher runs/p4/student --from 4 --to 1 --mode progressive --out runs/p1
 
       snapdistill distill-steps --teacher sd21 --from 16 --to 8 --student-prediction v_prediction --out runs/v8
 

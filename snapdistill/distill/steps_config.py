@@ -42,6 +42,15 @@ class ConsistencyConfig:
 
 MODES = ("direct", "progressive", "consistency")
 DEFAULT_FROM = 16
+# The landing target's (teacher substeps, solver) when --teacher-substeps / --teacher-solver are not given, by the
+# round's teacher. A step-distilled teacher (the previous round's student, or a --teacher folder trained for a fixed
+# step count) was trained only on its own grid and is sampled by DDIM there, so its trajectory is one DDIM step per
+# teacher step on that grid (Salimans & Ho's target). Any other teacher is a full denoiser: two DPM-Solver++
+# substeps per teacher step follow its ODE more closely. On the toy world, a 4->2 round from a 4-step student drew
+# toy FID 528.9 with two DPM-Solver++ substeps (off its grid) and 427.5 with its own DDIM steps; a 2->1 round 936.6
+# and 621.9 (README, "Two steps and one").
+STEP_TEACHER_LANDING = (1, "ddim")
+DENOISER_TEACHER_LANDING = (2, "dpmsolver++")
 
 
 @dataclass
@@ -56,8 +65,9 @@ class StepsConfig:
     gamma: float = 0.0                                  # weight of the original denoising loss (0: off)
     embed_guidance: bool = False                        # a base teacher's student takes w (one stage, no CFG batch)
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
-    teacher_substeps: int = 2                           # solver substeps per teacher step in the landing target
-    teacher_solver: str = "dpmsolver++"                 # dpmsolver++ (2M within each landing) | ddim
+    teacher_substeps: int | None = None                 # solver substeps per teacher step in the landing target
+    teacher_solver: str | None = None                   # dpmsolver++ (2M within each landing) | ddim; None (both):
+    #                                                     by the round's teacher (STEP_TEACHER_LANDING, DENOISER_...)
     consistency: ConsistencyConfig | None = None        # the settings of --mode consistency (None otherwise)
 
     def __post_init__(self):
@@ -82,17 +92,40 @@ class StepsConfig:
             raise SnapdistillError(f"--loss, --huber-c, --target-ema and --num-ddim-timesteps need --mode consistency, "
                                    f"got --mode {self.mode}")
         n, m = self.from_steps, self.to_steps
-        if m <= 0 or m >= n or n % m:
-            raise SnapdistillError(f"--to must be smaller than --from and divide it, got --from {n} --to {m}")
+        if n < 1 or m < 1:
+            raise SnapdistillError(f"--from and --to must be integers >= 1 (the student takes --to steps), got "
+                                   f"--from {n} --to {m}")
+        if m >= n:
+            raise SnapdistillError(f"--to must be smaller than --from (the student takes fewer steps than its "
+                                   f"teacher), got --from {n} --to {m}")
+        if n % m:
+            raise SnapdistillError(f"--to must divide --from (each student step replaces a whole number of teacher "
+                                   f"steps), got --from {n} --to {m}")
         if self.mode == "progressive" and (n // m) & (n // m - 1):
             raise SnapdistillError(f"progressive distillation halves the steps: --from/--to must be a power of 2, "
                                    f"got {n // m}")
         if not 0 <= self.cfg_prob <= 1:
             raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
         check_space(self.target_space)
-        check_solver(self.teacher_solver)
-        if not 1 <= self.teacher_substeps <= 64:
+        if self.teacher_solver is not None:
+            check_solver(self.teacher_solver)
+        if self.teacher_substeps is not None and not 1 <= self.teacher_substeps <= 64:
             raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
+
+
+def landing(config: StepsConfig, step_teacher: bool) -> tuple[int, str]:
+    """(teacher substeps, solver) of a round's landing target: the flags where given, else by its teacher."""
+    substeps, solver = STEP_TEACHER_LANDING if step_teacher else DENOISER_TEACHER_LANDING
+    return (substeps if config.teacher_substeps is None else config.teacher_substeps,
+            solver if config.teacher_solver is None else config.teacher_solver)
+
+
+def check_step_teacher(config: StepsConfig, teacher_steps: int | None) -> None:
+    """Refuse a --from other than the step count of a step-distilled teacher (`teacher_steps`; None: any other
+    teacher): it was trained only on its own grid, and another N would query it where it never learnt."""
+    if config.mode != "consistency" and teacher_steps is not None and teacher_steps != config.from_steps:
+        raise SnapdistillError(f"--teacher is a {teacher_steps}-step student, trained only on its own grid: "
+                               f"set --from {teacher_steps} (got --from {config.from_steps})")
 
 
 def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:

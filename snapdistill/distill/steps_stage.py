@@ -26,7 +26,7 @@ from snapdistill.distill.stage import (
     resume_point,
     train_and_save,
 )
-from snapdistill.distill.steps_config import StepsConfig
+from snapdistill.distill.steps_config import StepsConfig, check_step_teacher, landing
 from snapdistill.distill.student import (
     copy_student,
     guided_student,
@@ -72,15 +72,15 @@ def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: st
 
 
 def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
-                 n: int, m: int, run_dir: Path, resume_from) -> tuple:
+                 n: int, m: int, run_dir: Path, resume_from, substeps: int, solver: str) -> tuple:
     common = config.common
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
     arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
     unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
     unet = unet.to(teacher.pipe.device)
     loss = round_loss(Guided(teacher_model, w_dim), StudentKind(student_type, student_w), teacher.pipe.scheduler.config,
-                      n, m, config.teacher_substeps, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range, space=config.target_space,
-                      gamma=config.gamma, solver=config.teacher_solver)
+                      n, m, substeps, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range,
+                      space=config.target_space, gamma=config.gamma, solver=solver)
     grid = loss.grid
     loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
@@ -109,13 +109,20 @@ def run(config: StepsConfig) -> Path | None:
     config.check()
     common = config.common
     teacher = load_teacher(common)
+    record = StudentRecord.read(teacher.path)
+    # A teacher trained for a fixed step count on its own grid (a consistency student samples any count: not one).
+    teacher_steps = record.num_inference_steps if record and record.mode != "consistency" else None
+    check_step_teacher(config, teacher_steps)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)
     w_dim = teacher.pipe.unet.config.time_cond_proj_dim
     progressive = config.mode == "progressive"
     plan = rounds(config)
-    sub_runs, result = {}, None
+    sub_runs, result, landings = {}, None, []
     for k, (n, m) in enumerate(plan, 1):
+        # Every round after the first learns from the previous round's student: a step-distilled teacher.
+        substeps, solver = landing(config, step_teacher=k > 1 or teacher_steps is not None)
+        landings.append({"round": [n, m], "teacher_substeps": substeps, "teacher_solver": solver})
         run_dir = Path(common.out) / f"round-{k}-{n}to{m}" if progressive else Path(common.out)
         if progressive and (run_dir / MANIFEST).is_file():  # finished before a resume
             # Every round's student has this type: "same" keeps the previous round's, "v_prediction" stays v.
@@ -126,14 +133,15 @@ def run(config: StepsConfig) -> Path | None:
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         result, teacher_model, w_dim = _train_round(config, teacher, teacher_model, w_dim, n, m, run_dir,
-                                             resume_point(run_dir, common.resume))
+                                                    resume_point(run_dir, common.resume), substeps, solver)
         if progressive:
-            finish(stage="distill-steps", common=common, config={**resolved_config(config), "round": [n, m]},
+            finish(stage="distill-steps", common=common,
+                   config={**resolved_config(config), "round": [n, m], "landings": landings[-1:]},
                    teacher=teacher, result=result, run_dir=run_dir)
             sub_runs[f"round_{k}"] = run_dir.name
     if progressive and process_state().is_main_process:
         last = Path(common.out) / f"round-{len(plan)}-{plan[-1][0]}to{plan[-1][1]}"
         shutil.copytree(last / "student", Path(common.out) / "student", dirs_exist_ok=True)
         shutil.copy(last / "README.md", Path(common.out) / "README.md")
-    return finish(stage="distill-steps", common=common, config=resolved_config(config), teacher=teacher,
-                  result=result, extra_outputs=sub_runs)
+    return finish(stage="distill-steps", common=common, config={**resolved_config(config), "landings": landings},
+                  teacher=teacher, result=result, extra_outputs=sub_runs)

@@ -43,6 +43,9 @@ COST = [
 ]
 # Which numbers the quality-vs-steps plot draws, and which pair makes the guidance trade-off.
 QUALITY = ("HPS avg", "FID", "CLIP", "Judge acc", "Toy FID", "MSE vs ref")
+# Drawn on a log axis: they span decades across step counts (the toy teacher at 4 DPM++ steps scores toy FID ~7,500
+# beside ~400 for every row at 8 steps and more, which a linear axis flattens into one line).
+LOG_SCALE = ("FID", "Toy FID", "MSE vs ref")
 TRADEOFFS = (("CLIP", "FID"), ("Judge acc", "Toy FID"))
 _BY_NAME = {name: get for name, get, _ in METRICS + COST}
 
@@ -131,9 +134,10 @@ def _cost(row: dict) -> float:
     return row.get("unet_calls_per_image") or row["steps"]
 
 
-def plot_quality_vs_steps(rows: list[dict], path: Path) -> bool:
+def plot_quality_vs_steps(rows: list[dict], path: Path) -> dict | bool:
     """One panel per available metric: value against UNet calls per image (a teacher's CFG step costs two, a
-    guided student's one), one line per model (and guidance)."""
+    guided student's one), one line per model (and guidance); FID-like metrics on a log axis (LOG_SCALE).
+    Returns {panel title: its y scale} when drawn, False when there is nothing to draw."""
     names = [n for n in QUALITY if any(_BY_NAME[n](r) is not None for r in rows)]
     if not names or len({_cost(r) for r in rows}) < 2:
         return False
@@ -149,14 +153,17 @@ def plot_quality_vs_steps(rows: list[dict], path: Path) -> bool:
             if pts:
                 ax.plot([_cost(p) for p in pts], [_BY_NAME[name](p) for p in pts], "o-",
                         label=f"{label} (w={g:g})" if several_g else label)
-        ax.set(xlabel="UNet calls per image", title=name)
+        ax.set(xlabel="UNet calls per image", title=name + (" (log)" if name in LOG_SCALE else ""))
         ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
+        if name in LOG_SCALE:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    scales = {ax.get_title(): ax.get_yscale() for ax in axes[0]}
     plt.close(fig)
-    return True
+    return scales
 
 
 def plot_tradeoff(rows: list[dict], path: Path) -> bool:
