@@ -164,8 +164,8 @@ $(R)/progressive4/manifest.json: $(R)/direct8/manifest.json
 		--mode progressive --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/progressive4
 
 # The end of the chain: 4->2 and 2->1, each round from the last round's student. Their teacher is a step-distilled
-# student, so each round's landing target is its own DDIM steps on its own grid (the default for such a teacher;
-# README, "Two steps and one").
+# student of at most 4 steps, so each round's landing target is its own DDIM steps on its own grid (the default for
+# such a teacher; the 8->4 round above keeps two DPM-Solver++ substeps per step; README, "Two steps and one").
 $(R)/progressive2/manifest.json: $(R)/progressive4/manifest.json
 	$(SD) distill-steps --teacher $(R)/progressive4/student --shards $(R)/shards-clean --from 4 --to 2 \
 		--mode progressive --max-steps $(STEPS_STEPS) $(TRAIN_FLAGS) --overwrite --out $(R)/progressive2

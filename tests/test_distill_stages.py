@@ -144,7 +144,7 @@ def test_progressive_rounds_are_sub_runs(tmp_path, tiny_eps_dir, test_shards):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outputs"]["round_2"] == "round-2-4to2"
     # The first round's teacher is a full denoiser (its ODE, 2 DPM-Solver++ substeps per step); the second's is the
-    # first round's 4-step student, which knows only its own grid (one DDIM step per teacher step).
+    # first round's 4-step student, which knows only its own coarse grid (one DDIM step per teacher step).
     assert manifest["config"]["landings"] == [
         {"round": [8, 4], "teacher_substeps": 2, "teacher_solver": "dpmsolver++"},
         {"round": [4, 2], "teacher_substeps": 1, "teacher_solver": "ddim"}]
@@ -160,9 +160,10 @@ def test_the_landing_flags_override_the_teachers_default(tmp_path):
     from snapdistill.distill.steps_config import landing
 
     config = steps_stage.StepsConfig(common=_common("toy", tmp_path, tmp_path / "o"), from_steps=4, to_steps=2)
-    assert landing(config, step_teacher=True) == (1, "ddim") and landing(config, step_teacher=False) == (2, "dpmsolver++")
+    # A step student of 4 steps or fewer lands on its own grid; one of 8, or a full denoiser, by 2 DPM++ substeps.
+    assert [landing(config, steps) for steps in (1, 2, 4, 8, None)] == [(1, "ddim")] * 3 + [(2, "dpmsolver++")] * 2
     config.teacher_substeps, config.teacher_solver = 3, "dpmsolver++"
-    assert landing(config, step_teacher=True) == (3, "dpmsolver++")
+    assert landing(config, 2) == (3, "dpmsolver++")
 
 
 def _bad(cli, tmp_path, teacher, shards, *extra):

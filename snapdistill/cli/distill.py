@@ -196,12 +196,12 @@ def distill_steps(
     teacher_substeps: Annotated[int | None, typer.Option(
         "--teacher-substeps", help="Solver substeps per teacher step in the landing target (1: the teacher's own "
                                    "N-step trajectory; more: closer to its ODE, at that many times the teacher calls) "
-                                   "[default: 1 when the round's teacher is a step-distilled student, which knows "
-                                   "only its own grid; else 2].")] = None,
+                                   "[default: 1 when the round's teacher is a step-distilled student of at most 4 "
+                                   "steps, which knows only its own coarse grid; else 2].")] = None,
     teacher_solver: Annotated[str | None, typer.Option(
         "--teacher-solver", help="The teacher's solver in the landing target: dpmsolver++ (second order, 2M, on each "
                                  "landing's own substeps) or ddim [default: ddim when the round's teacher is a "
-                                 "step-distilled student (its own sampler); else dpmsolver++].")] = None,
+                                 "step-distilled student of at most 4 steps (its own sampler); else dpmsolver++].")] = None,
     loss: Annotated[str | None, typer.Option(
         "--loss", help="consistency: distance between online and target outputs, huber (pseudo-Huber) or l2 "
                        "[default: huber].")] = None,

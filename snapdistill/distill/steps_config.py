@@ -43,12 +43,14 @@ class ConsistencyConfig:
 MODES = ("direct", "progressive", "consistency")
 DEFAULT_FROM = 16
 # The landing target's (teacher substeps, solver) when --teacher-substeps / --teacher-solver are not given, by the
-# round's teacher. A step-distilled teacher (the previous round's student, or a --teacher folder trained for a fixed
-# step count) was trained only on its own grid and is sampled by DDIM there, so its trajectory is one DDIM step per
-# teacher step on that grid (Salimans & Ho's target). Any other teacher is a full denoiser: two DPM-Solver++
-# substeps per teacher step follow its ODE more closely. On the toy world, a 4->2 round from a 4-step student drew
-# toy FID 528.9 with two DPM-Solver++ substeps (off its grid) and 427.5 with its own DDIM steps; a 2->1 round 936.6
-# and 621.9 (README, "Two steps and one").
+# round's teacher. A step-distilled teacher of at most ON_GRID_MAX_STEPS steps (the end of a progressive chain) was
+# trained only on its own coarse grid and is sampled by DDIM there: its target is its own trajectory, one DDIM step
+# per teacher step on that grid (Salimans & Ho's target). Any other teacher (a full denoiser, or a step student of
+# more steps, whose grid is fine enough that it still answers between its points) takes two DPM-Solver++ substeps
+# per teacher step, closer to its ODE. Measured on the toy world (512 prompts, 250 steps; README, "Two steps and
+# one"): 8->4 from an 8-step student, toy FID 429.5 with two DPM-Solver++ substeps against 505.9 on its own grid;
+# 4->2 from a 4-step student 528.9 against 427.5; 2->1 from a 2-step student 936.6 against 621.9.
+ON_GRID_MAX_STEPS = 4
 STEP_TEACHER_LANDING = (1, "ddim")
 DENOISER_TEACHER_LANDING = (2, "dpmsolver++")
 
@@ -113,9 +115,11 @@ class StepsConfig:
             raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
 
 
-def landing(config: StepsConfig, step_teacher: bool) -> tuple[int, str]:
-    """(teacher substeps, solver) of a round's landing target: the flags where given, else by its teacher."""
-    substeps, solver = STEP_TEACHER_LANDING if step_teacher else DENOISER_TEACHER_LANDING
+def landing(config: StepsConfig, teacher_steps: int | None) -> tuple[int, str]:
+    """(teacher substeps, solver) of a round's landing target: the flags where given, else by its teacher's step
+    count (`teacher_steps`; None: a teacher that is not step-distilled)."""
+    on_grid = teacher_steps is not None and teacher_steps <= ON_GRID_MAX_STEPS
+    substeps, solver = STEP_TEACHER_LANDING if on_grid else DENOISER_TEACHER_LANDING
     return (substeps if config.teacher_substeps is None else config.teacher_substeps,
             solver if config.teacher_solver is None else config.teacher_solver)
 

@@ -120,8 +120,8 @@ def run(config: StepsConfig) -> Path | None:
     plan = rounds(config)
     sub_runs, result, landings = {}, None, []
     for k, (n, m) in enumerate(plan, 1):
-        # Every round after the first learns from the previous round's student: a step-distilled teacher.
-        substeps, solver = landing(config, step_teacher=k > 1 or teacher_steps is not None)
+        # Every round after the first learns from the previous round's student, an n-step student.
+        substeps, solver = landing(config, n if k > 1 else teacher_steps)
         landings.append({"round": [n, m], "teacher_substeps": substeps, "teacher_solver": solver})
         run_dir = Path(common.out) / f"round-{k}-{n}to{m}" if progressive else Path(common.out)
         if progressive and (run_dir / MANIFEST).is_file():  # finished before a resume
