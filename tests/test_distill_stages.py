@@ -156,6 +156,17 @@ def test_a_step_student_teacher_lands_on_its_own_grid(one_step_run):
     assert json.loads((one_step_run / "student" / "snapdistill.json").read_text())["timesteps"] == [999]
 
 
+def test_auto_prediction_makes_one_and_two_step_students_predict_v(one_step_run):
+    from snapdistill.distill.student import student_prediction_type
+
+    assert [student_prediction_type("auto", "epsilon", m) for m in (1, 2, 4, 8, None)] == \
+        ["v_prediction"] * 2 + ["epsilon"] * 3
+    assert student_prediction_type("same", "epsilon", 1) == "epsilon"
+    assert student_prediction_type("auto", "v_prediction", 8) == "v_prediction"
+    sched = json.loads((one_step_run / "student" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"
+
+
 def test_the_landing_flags_override_the_teachers_default(tmp_path):
     from snapdistill.distill.steps_config import landing
 

@@ -65,7 +65,7 @@ def train_config(args: dict):
 
 
 def _student_options(
-    student_prediction: StudentPrediction = "same",
+    student_prediction: StudentPrediction = "auto",
     student_arch: StudentArch = "same",
     feat_weight: FeatWeight = None,
     out_weight: OutWeight = 1.0,

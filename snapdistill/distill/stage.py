@@ -52,7 +52,7 @@ class CommonConfig:
     shards: Path                              # a build-data/recaption output folder
     out: Path                                 # the run folder
     train: TrainConfig = field(default_factory=TrainConfig)
-    student_prediction: str = "same"          # same | v_prediction (SnapFusion's switch)
+    student_prediction: str = "auto"          # auto | same | v_prediction (SnapFusion's switch); see student.py
     student_arch: str = "same"                # same | bk-base | bk-small | bk-tiny (BK-SDM block removal)
     feat_weight: float | None = None          # feature-KD weight; None: 1 for a block-removed student, else 0
     out_weight: float = 1.0                   # weight of the output-level loss (the stage's target)

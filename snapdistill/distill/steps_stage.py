@@ -74,7 +74,7 @@ def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: st
 def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
                  n: int, m: int, run_dir: Path, resume_from, substeps: int, solver: str) -> tuple:
     common = config.common
-    student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
+    student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, m)
     arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
     unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
     unet = unet.to(teacher.pipe.device)
@@ -125,8 +125,8 @@ def run(config: StepsConfig) -> Path | None:
         landings.append({"round": [n, m], "teacher_substeps": substeps, "teacher_solver": solver})
         run_dir = Path(common.out) / f"round-{k}-{n}to{m}" if progressive else Path(common.out)
         if progressive and (run_dir / MANIFEST).is_file():  # finished before a resume
-            # Every round's student has this type: "same" keeps the previous round's, "v_prediction" stays v.
-            student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type)
+            # As the round chose it: from the previous round's type (teacher_model), and its own step count.
+            student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, m)
             teacher_model = _finished_round(run_dir, teacher_model, student_type)
             w_dim = teacher_model.unet.config.time_cond_proj_dim
             sub_runs[f"round_{k}"] = run_dir.name
