@@ -146,13 +146,14 @@ def test_progressive_rounds_are_sub_runs(tmp_path, tiny_eps_dir, test_shards):
     # The first round's teacher is a full denoiser (its ODE, 2 DPM-Solver++ substeps per step); the second's is the
     # first round's 4-step student, which knows only its own coarse grid (one DDIM step per teacher step).
     assert manifest["config"]["landings"] == [
-        {"round": [8, 4], "teacher_substeps": 2, "teacher_solver": "dpmsolver++"},
-        {"round": [4, 2], "teacher_substeps": 1, "teacher_solver": "ddim"}]
+        {"round": [8, 4], "teacher_substeps": 2, "teacher_solver": "dpmsolver++", "target_space": "x0"},
+        {"round": [4, 2], "teacher_substeps": 1, "teacher_solver": "ddim", "target_space": "eps"}]
 
 
 def test_a_step_student_teacher_lands_on_its_own_grid(one_step_run):
     manifest = json.loads((one_step_run / "manifest.json").read_text())
-    assert manifest["config"]["landings"] == [{"round": [2, 1], "teacher_substeps": 1, "teacher_solver": "ddim"}]
+    assert manifest["config"]["landings"] == [  # a 1-step student predicts v (auto), and is regressed in v
+        {"round": [2, 1], "teacher_substeps": 1, "teacher_solver": "ddim", "target_space": "v"}]
     assert json.loads((one_step_run / "student" / "snapdistill.json").read_text())["timesteps"] == [999]
 
 
@@ -160,7 +161,7 @@ def test_auto_prediction_makes_one_and_two_step_students_predict_v(one_step_run)
     from snapdistill.distill.student import student_prediction_type
 
     assert [student_prediction_type("auto", "epsilon", m) for m in (1, 2, 4, 8, None)] == \
-        ["v_prediction"] * 2 + ["epsilon"] * 3
+        ["v_prediction"] + ["epsilon"] * 4
     assert student_prediction_type("same", "epsilon", 1) == "epsilon"
     assert student_prediction_type("auto", "v_prediction", 8) == "v_prediction"
     sched = json.loads((one_step_run / "student" / "scheduler" / "scheduler_config.json").read_text())
@@ -172,9 +173,12 @@ def test_the_landing_flags_override_the_teachers_default(tmp_path):
 
     config = steps_stage.StepsConfig(common=_common("toy", tmp_path, tmp_path / "o"), from_steps=4, to_steps=2)
     # A step student of 4 steps or fewer lands on its own grid; one of 8, or a full denoiser, by 2 DPM++ substeps.
-    assert [landing(config, steps) for steps in (1, 2, 4, 8, None)] == [(1, "ddim")] * 3 + [(2, "dpmsolver++")] * 2
-    config.teacher_substeps, config.teacher_solver = 3, "dpmsolver++"
-    assert landing(config, 2) == (3, "dpmsolver++")
+    # ... regressed in the student's own output there, in x0 elsewhere.
+    assert [landing(config, steps, "epsilon") for steps in (1, 2, 4, 8, None)] == \
+        [(1, "ddim", "eps")] * 3 + [(2, "dpmsolver++", "x0")] * 2
+    assert landing(config, 2, "v_prediction") == (1, "ddim", "v") and landing(config, 8, "v_prediction")[2] == "x0"
+    config.teacher_substeps, config.teacher_solver, config.target_space = 3, "dpmsolver++", "x0"
+    assert landing(config, 2, "v_prediction") == (3, "dpmsolver++", "x0")
 
 
 def _bad(cli, tmp_path, teacher, shards, *extra):

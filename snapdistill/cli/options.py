@@ -36,8 +36,8 @@ GradCheckpointing = Annotated[bool, typer.Option("--gradient-checkpointing", hel
 CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Steps between resume checkpoints.")]
 ValidateEvery = Annotated[int, typer.Option("--validate-every", help="Steps between validation grids (0: at the end).")]
 StudentPrediction = Annotated[str, typer.Option(
-    "--student-prediction", help="auto (v_prediction for a step student of 1 or 2 steps, whose first step starts at "
-                                 "t = 999 where eps -> x0 amplifies error ~15x; else the teacher's), same (the "
+    "--student-prediction", help="auto (v_prediction for a 1-step student, whose one step starts at t = 999 where "
+                                 "eps -> x0 amplifies error ~15x; else the teacher's), same (the "
                                  "teacher's), or v_prediction (SnapFusion's switch).")]
 StudentArch = Annotated[
     str, typer.Option("--student-arch", help="same, or a block-removed student (BK-SDM): bk-base, bk-small, bk-tiny.")

@@ -42,17 +42,20 @@ class ConsistencyConfig:
 
 MODES = ("direct", "progressive", "consistency")
 DEFAULT_FROM = 16
-# The landing target's (teacher substeps, solver) when --teacher-substeps / --teacher-solver are not given, by the
-# round's teacher. A step-distilled teacher of at most ON_GRID_MAX_STEPS steps (the end of a progressive chain) was
-# trained only on its own coarse grid and is sampled by DDIM there: its target is its own trajectory, one DDIM step
-# per teacher step on that grid (Salimans & Ho's target). Any other teacher (a full denoiser, or a step student of
-# more steps, whose grid is fine enough that it still answers between its points) takes two DPM-Solver++ substeps
-# per teacher step, closer to its ODE. Measured on the toy world (512 prompts, 250 steps; README, "Two steps and
-# one"): 8->4 from an 8-step student, toy FID 429.5 with two DPM-Solver++ substeps against 505.9 on its own grid;
-# 4->2 from a 4-step student 528.9 against 427.5; 2->1 from a 2-step student 936.6 against 621.9.
+# A round's (teacher substeps, solver, target space) where --teacher-substeps / --teacher-solver / --target-space are
+# not given, by the round's teacher. A step-distilled teacher of at most ON_GRID_MAX_STEPS steps (the end of a
+# progressive chain) was trained only on its own coarse grid and is sampled by DDIM there: its target is its own
+# trajectory, one DDIM step per teacher step on that grid (Salimans & Ho's target), regressed in the student's own
+# output (eps for an eps student, v for a v one: plain MSE on what the network emits). Any other teacher (a full
+# denoiser, or a step student of more steps, whose grid is fine enough that it still answers between its points)
+# takes two DPM-Solver++ substeps per teacher step, closer to its ODE, regressed in x0 (max(SNR, 1) weighted).
+# Measured on the toy world (512 prompts, 250 steps; README, "Two steps and one"): 8->4 from an 8-step student, toy
+# FID 429.5 with two DPM-Solver++ substeps against 505.9 on its own grid; 4->2 from a 4-step student 528.9 against
+# 427.5 on its grid in x0 and 418.8 in eps (427.0 and 419.7 on a second seed), the student predicting eps; 2->1 from
+# a 2-step student 936.6 against 621.9, and 494.3 in x0 with a v student (697.3 in eps).
 ON_GRID_MAX_STEPS = 4
-STEP_TEACHER_LANDING = (1, "ddim")
-DENOISER_TEACHER_LANDING = (2, "dpmsolver++")
+OWN_OUTPUT = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}   # prediction type -> its loss space
+DENOISER_TEACHER_LANDING = (2, "dpmsolver++", "x0")
 
 
 @dataclass
@@ -61,7 +64,7 @@ class StepsConfig:
     from_steps: int | None = None                       # None: 16 (direct, progressive); consistency takes none
     to_steps: int = 8
     mode: str = "direct"                                # direct | progressive | consistency
-    target_space: str = "x0"                            # x0 | eps | v (see DESIGN.md §3)
+    target_space: str | None = None                     # x0 | eps | v (DESIGN.md §3); None: by the round's teacher
     cfg_prob: float = 0.1                               # share of CFG-aware batches (SnapFusion §4.2)
     cfg_range: tuple[float, float] = (2.0, 14.0)
     gamma: float = 0.0                                  # weight of the original denoising loss (0: off)
@@ -69,7 +72,7 @@ class StepsConfig:
     cond_dim: int = 256                                 # its time_cond_proj_dim, with embed_guidance
     teacher_substeps: int | None = None                 # solver substeps per teacher step in the landing target
     teacher_solver: str | None = None                   # dpmsolver++ (2M within each landing) | ddim; None (both):
-    #                                                     by the round's teacher (STEP_TEACHER_LANDING, DENOISER_...)
+    #                                                     by the round's teacher (see `landing`)
     consistency: ConsistencyConfig | None = None        # the settings of --mode consistency (None otherwise)
 
     def __post_init__(self):
@@ -108,20 +111,24 @@ class StepsConfig:
                                    f"got {n // m}")
         if not 0 <= self.cfg_prob <= 1:
             raise SnapdistillError(f"--cfg-prob must be in [0, 1], got {self.cfg_prob}")
-        check_space(self.target_space)
+        if self.target_space is not None:
+            check_space(self.target_space)
         if self.teacher_solver is not None:
             check_solver(self.teacher_solver)
         if self.teacher_substeps is not None and not 1 <= self.teacher_substeps <= 64:
             raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
 
 
-def landing(config: StepsConfig, teacher_steps: int | None) -> tuple[int, str]:
-    """(teacher substeps, solver) of a round's landing target: the flags where given, else by its teacher's step
-    count (`teacher_steps`; None: a teacher that is not step-distilled)."""
-    on_grid = teacher_steps is not None and teacher_steps <= ON_GRID_MAX_STEPS
-    substeps, solver = STEP_TEACHER_LANDING if on_grid else DENOISER_TEACHER_LANDING
+def landing(config: StepsConfig, teacher_steps: int | None, student_type: str) -> tuple[int, str, str]:
+    """(teacher substeps, solver, target space) of a round: the flags where given, else by its teacher's step count
+    (`teacher_steps`; None: a teacher that is not step-distilled) and the student's prediction type."""
+    if teacher_steps is not None and teacher_steps <= ON_GRID_MAX_STEPS:
+        substeps, solver, space = 1, "ddim", OWN_OUTPUT[student_type]
+    else:
+        substeps, solver, space = DENOISER_TEACHER_LANDING
     return (substeps if config.teacher_substeps is None else config.teacher_substeps,
-            solver if config.teacher_solver is None else config.teacher_solver)
+            solver if config.teacher_solver is None else config.teacher_solver,
+            space if config.target_space is None else config.target_space)
 
 
 def check_step_teacher(config: StepsConfig, teacher_steps: int | None) -> None:

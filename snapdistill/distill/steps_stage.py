@@ -72,15 +72,15 @@ def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: st
 
 
 def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
-                 n: int, m: int, run_dir: Path, resume_from, substeps: int, solver: str) -> tuple:
+                 n: int, m: int, run_dir: Path, resume_from, student_type: str, substeps: int, solver: str,
+                 space: str) -> tuple:
     common = config.common
-    student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, m)
     arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
     unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
     unet = unet.to(teacher.pipe.device)
     loss = round_loss(Guided(teacher_model, w_dim), StudentKind(student_type, student_w), teacher.pipe.scheduler.config,
                       n, m, substeps, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range,
-                      space=config.target_space, gamma=config.gamma, solver=solver)
+                      space=space, gamma=config.gamma, solver=solver)
     grid = loss.grid
     loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
@@ -121,19 +121,20 @@ def run(config: StepsConfig) -> Path | None:
     sub_runs, result, landings = {}, None, []
     for k, (n, m) in enumerate(plan, 1):
         # Every round after the first learns from the previous round's student, an n-step student.
-        substeps, solver = landing(config, n if k > 1 else teacher_steps)
-        landings.append({"round": [n, m], "teacher_substeps": substeps, "teacher_solver": solver})
+        student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, m)
+        substeps, solver, space = landing(config, n if k > 1 else teacher_steps, student_type)
+        landings.append({"round": [n, m], "teacher_substeps": substeps, "teacher_solver": solver,
+                         "target_space": space})
         run_dir = Path(common.out) / f"round-{k}-{n}to{m}" if progressive else Path(common.out)
         if progressive and (run_dir / MANIFEST).is_file():  # finished before a resume
-            # As the round chose it: from the previous round's type (teacher_model), and its own step count.
-            student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, m)
             teacher_model = _finished_round(run_dir, teacher_model, student_type)
             w_dim = teacher_model.unet.config.time_cond_proj_dim
             sub_runs[f"round_{k}"] = run_dir.name
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         result, teacher_model, w_dim = _train_round(config, teacher, teacher_model, w_dim, n, m, run_dir,
-                                                    resume_point(run_dir, common.resume), substeps, solver)
+                                                    resume_point(run_dir, common.resume), student_type, substeps, solver,
+                                                    space)
         if progressive:
             finish(stage="distill-steps", common=common,
                    config={**resolved_config(config), "round": [n, m], "landings": landings[-1:]},

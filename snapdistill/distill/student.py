@@ -17,11 +17,13 @@ from snapdistill.models import student_record
 from snapdistill.models.student_record import StudentRecord
 
 PREDICTION_CHOICES = ("auto", "same", "v_prediction")
-# `auto` makes a step student of at most this many steps predict v, whatever its teacher predicts: its first step
-# starts at t = 999, where x0 read from eps amplifies the network's error by sigma/alpha ~ 14.6 (DESIGN.md), and v
-# reads x0 as alpha*z - sigma*v (no division by alpha). On the toy world a 2->1 round from the same 2-step student drew
-# toy FID 621.9 with an eps student and 494.3 with a v student (512 prompts, 250 steps; README, "Two steps and one").
-V_STUDENT_MAX_STEPS = 2
+# `auto` makes a 1-step student predict v, whatever its teacher predicts: its one step starts at t = 999, where x0
+# read from eps amplifies the network's error by sigma/alpha ~ 14.6 (DESIGN.md), and v reads x0 as alpha*z - sigma*v
+# (no division by alpha). On the toy world (512 prompts, 250 steps; README, "Two steps and one"): a 2->1 round from
+# one 2-step student drew toy FID 621.9 as an eps student and 494.3 as a v student; a 4->2 round from one 4-step
+# student 427.5 as eps and 513.2 as v (its first step starts at 999 too, but the switch away from the teacher's
+# parametrisation cost more than it gave there).
+V_STUDENT_MAX_STEPS = 1
 
 
 def guided_student(teacher_unet, cond_dim: int = 256, arch: str = "same"):
