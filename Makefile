@@ -48,8 +48,9 @@ lint: install
 
 # ---------------------------------------------------------------------------------------------
 # `make reproduce`: the whole pipeline, each stage a file target on its manifest.json, so a rerun
-# redoes only what changed. PROFILE=toy (the default) runs on 2 CPU cores in about 9 minutes (8 min 57 s measured
-# at 23f9474, after `make install`); PROFILE=sd15 or sd21 runs the real recipe on GPU nodes (see README, "The SD recipe").
+# redoes only what changed. PROFILE=toy (the default) runs on 2 CPU cores in about 12 minutes (12 min 18 s measured
+# at a90d4e0 with the 2- and 1-step rows, after `make install`); PROFILE=sd15 or sd21 runs the real recipe on GPU
+# nodes (see README, "The SD recipe").
 # progressive8 is not trained: from a stage-1 student (which takes w) one progressive round 16->8 is the
 # direct loss, the same training as direct8; progressive4 is one 8->4 round from direct8's student.
 # direct8-base is SnapFusion's route from the base teacher (unguided student, CFG when sampled). The direct
