@@ -96,6 +96,9 @@ def test_student_record_round_trip_keeps_the_keys_and_ignores_unknown_ones(tmp_p
     assert StudentRecord.read(tmp_path) == record
     stage1 = StudentRecord(stage="distill-guidance", guidance_embedding=True, guidance_range=[2.0, 14.0])
     assert "num_inference_steps" not in stage1.to_json() and not stage1.step_distilled
+    # One step count on one grid: a direct or progressive student; not a stage-1 or a consistency student.
+    lcm = StudentRecord(stage="distill-steps", num_inference_steps=4, mode="consistency", original_inference_steps=50)
+    assert (record.grid_steps, stage1.grid_steps, lcm.grid_steps) == (8, None, None)
 
 
 def test_a_failed_download_says_it_failed_and_why(empty_caches, cli, monkeypatch):

@@ -86,8 +86,9 @@ def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:
     student_kind = StudentKind(teacher.prediction_type, w_dim)
     student = student_kind.on(student_unet, teacher.schedule)
     optimizer = torch.optim.AdamW(student_unet.parameters(), lr=1e-6)
-    loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8,
-                      DENOISER_TEACHER_LANDING[0], solver=DENOISER_TEACHER_LANDING[1])
+    lands = DENOISER_TEACHER_LANDING  # a stage-1 teacher's landing, as distill-steps resolves it for direct8
+    loss = round_loss(Guided(teacher, w_dim), student_kind, pipe.scheduler.config, 16, 8, lands.teacher_substeps,
+                      solver=lands.teacher_solver, space=lands.target_space)
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
     lat = 2 * torch.randn(batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     data = Batch(latents=lat, cond=text(toy_val_prompts(batch)), uncond=text([""]))

@@ -185,8 +185,8 @@ def distill_steps(
                        "distillation, sampled with LCMScheduler).")] = "direct",
     target_space: Annotated[str | None, typer.Option(
         "--target-space", help="The parametrisation the landing target is regressed in: x0 (max(SNR, 1) weighted), "
-                               "eps or v [default: eps when the round's teacher is a step-distilled student of at "
-                               "most 4 steps; else x0].")] = None,
+                               "eps or v [default: the student's own output (eps or v) when the round's teacher is a "
+                               "step-distilled student of at most 4 steps; else x0].")] = None,
     cfg_prob: Annotated[float, typer.Option("--cfg-prob", help="Share of CFG-aware batches.")] = 0.1,
     cfg_range: Annotated[str, typer.Option("--guidance-range", "--cfg-range",
                                            help="s ~ U(LOW, HIGH) in CFG-aware batches (--cfg-range: its old name).")] = "2-14",

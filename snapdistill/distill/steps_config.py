@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from snapdistill.distill.consistency import check_distance
 from snapdistill.distill.losses import check_guidance_range, check_solver, check_space
@@ -55,7 +56,17 @@ DEFAULT_FROM = 16
 # a 2-step student 936.6 against 621.9, and 494.3 in x0 with a v student (697.3 in eps).
 ON_GRID_MAX_STEPS = 4
 OWN_OUTPUT = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}   # prediction type -> its loss space
-DENOISER_TEACHER_LANDING = (2, "dpmsolver++", "x0")
+
+
+class Landing(NamedTuple):
+    """How a round's target is made and read: the teacher's solver substeps per step, the solver, the loss space."""
+
+    teacher_substeps: int
+    teacher_solver: str
+    target_space: str
+
+
+DENOISER_TEACHER_LANDING = Landing(2, "dpmsolver++", "x0")
 
 
 @dataclass
@@ -119,22 +130,21 @@ class StepsConfig:
             raise SnapdistillError(f"--teacher-substeps must be in [1, 64], got {self.teacher_substeps}")
 
 
-def landing(config: StepsConfig, teacher_steps: int | None, student_type: str) -> tuple[int, str, str]:
-    """(teacher substeps, solver, target space) of a round: the flags where given, else by its teacher's step count
-    (`teacher_steps`; None: a teacher that is not step-distilled) and the student's prediction type."""
+def landing(config: StepsConfig, teacher_steps: int | None, student_type: str) -> Landing:
+    """A round's landing: the flags where given, else by its teacher's step count (`teacher_steps`; None: a teacher
+    that is not step-distilled) and the student's prediction type."""
     if teacher_steps is not None and teacher_steps <= ON_GRID_MAX_STEPS:
-        substeps, solver, space = 1, "ddim", OWN_OUTPUT[student_type]
+        default = Landing(1, "ddim", OWN_OUTPUT[student_type])
     else:
-        substeps, solver, space = DENOISER_TEACHER_LANDING
-    return (substeps if config.teacher_substeps is None else config.teacher_substeps,
-            solver if config.teacher_solver is None else config.teacher_solver,
-            space if config.target_space is None else config.target_space)
+        default = DENOISER_TEACHER_LANDING
+    given = Landing(config.teacher_substeps, config.teacher_solver, config.target_space)
+    return Landing(*(d if g is None else g for d, g in zip(default, given)))
 
 
 def check_step_teacher(config: StepsConfig, teacher_steps: int | None) -> None:
     """Refuse a --from other than the step count of a step-distilled teacher (`teacher_steps`; None: any other
     teacher): it was trained only on its own grid, and another N would query it where it never learnt."""
-    if config.mode != "consistency" and teacher_steps is not None and teacher_steps != config.from_steps:
+    if teacher_steps is not None and teacher_steps != config.from_steps:
         raise SnapdistillError(f"--teacher is a {teacher_steps}-step student, trained only on its own grid: "
                                f"set --from {teacher_steps} (got --from {config.from_steps})")
 

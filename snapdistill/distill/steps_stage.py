@@ -26,7 +26,7 @@ from snapdistill.distill.stage import (
     resume_point,
     train_and_save,
 )
-from snapdistill.distill.steps_config import StepsConfig, check_step_teacher, landing
+from snapdistill.distill.steps_config import Landing, StepsConfig, check_step_teacher, landing
 from snapdistill.distill.student import (
     copy_student,
     guided_student,
@@ -72,15 +72,14 @@ def _student_unet(config: StepsConfig, teacher_unet, w_dim: int | None, arch: st
 
 
 def _train_round(config: StepsConfig, teacher: Teacher, teacher_model: DiffusionModel, w_dim: int | None,
-                 n: int, m: int, run_dir: Path, resume_from, student_type: str, substeps: int, solver: str,
-                 space: str) -> tuple:
+                 n: int, m: int, run_dir: Path, resume_from, student_type: str, lands: Landing) -> tuple:
     common = config.common
     arch = common.student_arch if n == config.from_steps else "same"  # blocks are removed in the first round only
     unet, student_w = _student_unet(config, teacher_model.unet, w_dim, arch)
     unet = unet.to(teacher.pipe.device)
     loss = round_loss(Guided(teacher_model, w_dim), StudentKind(student_type, student_w), teacher.pipe.scheduler.config,
-                      n, m, substeps, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range,
-                      space=space, gamma=config.gamma, solver=solver)
+                      n, m, lands.teacher_substeps, cfg_prob=config.cfg_prob, cfg_range=config.cfg_range,
+                      space=lands.target_space, gamma=config.gamma, solver=lands.teacher_solver)
     grid = loss.grid
     loss = with_features(loss, unet, out_weight=common.out_weight, feat_weight=common.feat_weight)
 
@@ -110,8 +109,7 @@ def run(config: StepsConfig) -> Path | None:
     common = config.common
     teacher = load_teacher(common)
     record = StudentRecord.read(teacher.path)
-    # A teacher trained for a fixed step count on its own grid (a consistency student samples any count: not one).
-    teacher_steps = record.num_inference_steps if record and record.mode != "consistency" else None
+    teacher_steps = record.grid_steps if record else None  # a teacher trained for one step count on one grid
     check_step_teacher(config, teacher_steps)
     prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
     teacher_model = DiffusionModel.from_pipeline(teacher.pipe)
@@ -122,9 +120,8 @@ def run(config: StepsConfig) -> Path | None:
     for k, (n, m) in enumerate(plan, 1):
         # Every round after the first learns from the previous round's student, an n-step student.
         student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, m)
-        substeps, solver, space = landing(config, n if k > 1 else teacher_steps, student_type)
-        landings.append({"round": [n, m], "teacher_substeps": substeps, "teacher_solver": solver,
-                         "target_space": space})
+        lands = landing(config, n if k > 1 else teacher_steps, student_type)
+        landings.append({"round": [n, m], **lands._asdict()})
         run_dir = Path(common.out) / f"round-{k}-{n}to{m}" if progressive else Path(common.out)
         if progressive and (run_dir / MANIFEST).is_file():  # finished before a resume
             teacher_model = _finished_round(run_dir, teacher_model, student_type)
@@ -133,8 +130,7 @@ def run(config: StepsConfig) -> Path | None:
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         result, teacher_model, w_dim = _train_round(config, teacher, teacher_model, w_dim, n, m, run_dir,
-                                                    resume_point(run_dir, common.resume), student_type, substeps, solver,
-                                                    space)
+                                                    resume_point(run_dir, common.resume), student_type, lands)
         if progressive:
             finish(stage="distill-steps", common=common,
                    config={**resolved_config(config), "round": [n, m], "landings": landings[-1:]},

@@ -37,6 +37,12 @@ class StudentRecord:
         """True for a student trained for a fixed step count on a fixed grid."""
         return self.num_inference_steps is not None
 
+    @property
+    def grid_steps(self) -> int | None:
+        """The one step count it samples, on the one grid it was trained on; None for a stage-1 student (any count)
+        and a consistency student (any count up to N)."""
+        return None if self.mode == "consistency" else self.num_inference_steps
+
     def on_grid(self, steps: int) -> bool:
         """Whether its own scheduler at `steps` steps visits only timesteps it was trained on: its own count, or,
         for a consistency student, any count up to N (LCMScheduler picks them among its N-point grid)."""
