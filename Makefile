@@ -57,7 +57,7 @@ lint: install
 # 16->4 student is a bench row only: reproduce shows 4 steps through progressive4 and keeps its 15 minutes.
 R := $(RUNS)/$(PROFILE)
 STUDENTS := direct8 progressive4 progressive2 progressive1 direct8-base
-BENCH_STUDENTS := $(STUDENTS) direct4 consistency consistency-base
+BENCH_STUDENTS := $(STUDENTS) direct4 consistency consistency-base dmd1
 # The teacher at 4, 2 and 1 steps: the training-free sampler at the 4-, 2- and 1-step students' UNet calls and below.
 SAMPLE_RUNS := teacher20 teacher16 teacher8 teacher4 teacher2 teacher1 guided16 $(STUDENTS)
 
@@ -189,6 +189,14 @@ $(R)/consistency/manifest.json: $(R)/guided/manifest.json
 $(R)/consistency-base/manifest.json: $(R)/shards-clean/manifest.json
 	$(SD) distill-steps --mode consistency --teacher $(TEACHER) --shards $(R)/shards-clean --to 8 \
 		--max-steps $$(($(GUIDED_STEPS) + $(CONSISTENCY_STEPS))) $(TRAIN_FLAGS) --overwrite --out $(R)/consistency-base
+
+# The 1-step generator by distribution matching, for the bench: from the base teacher and the shards' captions
+# alone (no image is decoded), within the issue's 25 minutes of training on 2 cores (--max-minutes caps it).
+DMD_STEPS ?= 1500
+DMD_FLAGS ?= --batch-size 16 --checkpoint-every 250 --max-minutes 25
+$(R)/dmd1/manifest.json: $(R)/shards-clean/manifest.json
+	$(SD) distill-steps --mode dmd --teacher $(TEACHER) --shards $(R)/shards-clean --max-steps $(DMD_STEPS) \
+		$(DMD_FLAGS) --overwrite --out $(R)/dmd1
 
 # Block-removed students for the bench: the 16->8 direct student with output- and feature-level KD.
 define ARCH_RULE

@@ -19,3 +19,17 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=on_cpu())
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """Replace each gradient of `module` by its mean over the processes (nothing to do in one process): a module the
+    training loop does not wrap in DDP (a dmd route's fake score network) stays the same on every rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)

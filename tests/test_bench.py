@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from snapdistill.bench.toy import best_students, ratios, teacher_rows, training_budget
+from snapdistill.bench.toy import best_students, fake_rows, ratios, routes_at, teacher_rows, training_budget
 
 
 def _run(folder, stage, steps, teacher, **config):
@@ -39,6 +39,12 @@ def test_teacher_rows_per_sample_of_each_route():
     assert teacher_rows("distill-steps", {"mode": "consistency"}, teacher_takes_w=True) == 2.0
     assert teacher_rows("distill-steps", {"mode": "consistency"}, teacher_takes_w=False) == 3.0
     assert teacher_rows("distill-decoder", {}, teacher_takes_w=False) is None
+    # dmd: one real-score call per generator sample, CFG (2 rows) unless the teacher takes w or guidance is 1.
+    dmd = {"mode": "dmd", "dmd": {"real_guidance": 3.0, "fake_updates": 5}}
+    assert teacher_rows("distill-steps", dmd, teacher_takes_w=False) == 2.0
+    assert teacher_rows("distill-steps", dmd, teacher_takes_w=True) == 1.0
+    assert teacher_rows("distill-steps", {"mode": "dmd", "dmd": {"real_guidance": 1.0}}, teacher_takes_w=False) == 1.0
+    assert fake_rows(dmd) == {"fake_rows_per_sample": 6, "generator_rows_per_sample": 5} and fake_rows(base) == {}
 
 
 def _row(fid, exact, mse):
@@ -68,8 +74,8 @@ def test_consistency_rows_sample_one_run_at_2_4_8_and_their_ratios():
 
 def test_q2_and_q1_are_the_best_student_at_that_step_count():
     def student(fid, exact, steps, samples, seconds):
-        return {**_row(fid, exact, 0.01), "steps": steps, "training": [{}], "train_samples": samples,
-                "train_seconds": seconds}
+        return {**_row(fid, exact, 0.01), "steps": steps, "training": [{"teacher_rows_per_sample": 2.0}],
+                "train_samples": samples, "train_seconds": seconds}
 
     rows = {"teacher16_cfg": {**_row(400, 0.97, 0), "steps": 16}, "teacher1_cfg": {**_row(9000, 0.1, 0.2), "steps": 1},
             "teacher2_cfg": {**_row(6000, 0.2, 0.1), "steps": 2},
@@ -80,10 +86,17 @@ def test_q2_and_q1_are_the_best_student_at_that_step_count():
     assert (out["Q2"], out["Q1"]) == (1.05, 1.5)
     best = best_students(rows)
     assert best[2] == {"row": "progressive2", "ratio": 1.05, "exact": 0.95, "exact_vs_reference": pytest.approx(-0.02),
-                       "train_samples": 110000, "train_seconds": 500.0}
+                       "train_samples": 110000, "teacher_rows_per_sample": 2.0, "train_seconds": 500.0}
     rows["consistency2"]["fid"] = 380.0  # a better 2-step student of another route becomes Q2
     assert best_students(rows)[2]["row"] == "consistency2" and ratios(rows)["Q2"] == 0.95
     assert "Q4" not in ratios(rows)  # no 4-step student among these rows
+    # A dmd generator better than progressive1 becomes Q1; the route table lists both 1-step routes, best first.
+    rows["dmd1"] = student(500, 0.9, 1, 20000, 1400.0)
+    out = ratios(rows)
+    assert (out["Q1_dmd"], out["Q1"], out["Q1_progressive"]) == (1.25, 1.25, 1.5)
+    table = routes_at(rows)
+    assert list(table["1"]) == ["dmd1", "progressive1"] and list(table["2"]) == ["consistency2", "progressive2"]
+    assert table["1"]["dmd1"]["train_seconds"] == 1400.0 and table["1"]["progressive1"]["train_samples"] == 140000
 
 
 def test_speed_figures_time_the_rows_in_turn(tmp_path, monkeypatch):

@@ -67,3 +67,25 @@ def test_one_step_of_each_stage_then_sample_and_eval(cli, tmp_path, test_shards,
     code, _, err = cli("eval", *samples, "--mse-reference", samples[0], "--out", tmp_path / "report")
     assert code == 0, err
     assert (tmp_path / "report" / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_one_generator_step_of_dmd_on_the_sd15_layout(cli, tmp_path, test_shards):
+    """--mode dmd holds two trained UNets (the generator and the fake score, each with AdamW moments): 866M
+    parameters each would need ~28 GB, so the generator is the bk-tiny layout here (the fake score is the full
+    teacher copy). One generator step with one fake update, then `sample` at the recorded guidance (1)."""
+    teacher = tmp_path / "teacher"
+    random_sd_pipeline("sd15").save_pretrained(teacher)
+    out = tmp_path / "dmd"
+    code, _, err = cli("distill-steps", "--mode", "dmd", "--teacher", teacher, "--shards", test_shards, "--out", out,
+                       "--fake-updates", 1, "--student-arch", "bk-tiny", *FAST)
+    assert code == 0, err
+    shutil.rmtree(out / "checkpoints")
+    record = json.loads((out / "student" / "snapdistill.json").read_text())
+    assert (record["mode"], record["timesteps"], record["guidance"], record["resolution"]) == ("dmd", [999], 1.0, 64)
+    s = tmp_path / "samples"
+    code, _, err = cli("sample", "--teacher", out / "student", "--prompt", "a red square", "--out", s)
+    assert code == 0, err
+    manifest = json.loads((s / "manifest.json").read_text())
+    assert manifest["metrics"]["unet_calls_per_image"] == 1
+    assert Image.open(next((s / "images").glob("*.png"))).size == (64, 64)

@@ -37,6 +37,9 @@ ROWS = {
     "consistency8": ("consistency", 8, 7.5, None),
     "consistency_base4": ("consistency-base", 4, 7.5, None),
     "consistency_base8": ("consistency-base", 8, 7.5, None),
+    # The 1-step generator by distribution matching (--mode dmd) from the base teacher: its guidance is baked in,
+    # so it is sampled at guidance 1 (one UNet call per image).
+    "dmd1": ("dmd1", None, 1.0, None),
 }
 # Rows decoded by the small decoder of the `decoder` run (distill-decoder), beside the same model's own rows.
 DECODER_ROWS = {

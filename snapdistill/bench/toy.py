@@ -32,6 +32,9 @@ def teacher_rows(stage: str, config: dict, teacher_takes_w: bool) -> float | Non
         return None
     if config.get("mode") == "consistency":
         return rows_per_call + 1.0                       # one solver step of the teacher, one target call
+    if config.get("mode") == "dmd":                      # one real-score call per generator sample (the fake score
+        dmd = config["dmd"]                              # is trained, not frozen: `fake_rows_per_sample`)
+        return 1.0 if teacher_takes_w or dmd["real_guidance"] == 1 else 2.0
     n, m = config["from_steps"], config["to_steps"]
     # The landing's substeps as each round resolved them (runs before `landings` recorded only the flag).
     substeps = config["landings"][-1]["teacher_substeps"] if config.get("landings") else config.get("teacher_substeps", 1)
@@ -41,6 +44,15 @@ def teacher_rows(stage: str, config: dict, teacher_takes_w: bool) -> float | Non
     if not teacher_takes_w and not config.get("embed_guidance"):
         rows_per_call = 1.0 + config.get("cfg_prob", 0.0)  # CFG only on the CFG-aware share of batches
     return calls * rows_per_call
+
+
+def fake_rows(config: dict) -> dict:
+    """A dmd run's trained-network UNet rows per generator sample: the fake score's call in the generator gradient,
+    then per fake update one forward and backward of it and (after the first) one forward of the generator."""
+    if config.get("mode") != "dmd":
+        return {}
+    k = config["dmd"]["fake_updates"]
+    return {"fake_rows_per_sample": 1 + k, "generator_rows_per_sample": k}
 
 
 def training_budget(student: str) -> list[dict]:
@@ -56,6 +68,7 @@ def training_budget(student: str) -> list[dict]:
                           "samples": m["counts"]["samples"], "train_seconds": round(m["metrics"]["train_seconds"], 1),
                           "seconds_per_step": round(m["metrics"]["train_seconds"] / max(steps, 1), 3),
                           "teacher_rows_per_sample": teacher_rows(m["stage"], m["config"], teacher.name == "student"),
+                          **fake_rows(m["config"]),
                           "lr": m["config"]["common"]["train"]["lr"]})
         if teacher.name != "student":
             break
@@ -161,10 +174,26 @@ def best_students(rows: dict, steps: tuple[int, ...] = (1, 2)) -> dict:
         found = [(r["fid"], name) for name, r in rows.items() if r.get("steps") == n and "training" in r]
         if found and REFERENCE in rows:
             name = min(found)[1]
-            r = rows[name]
-            out[n] = {"row": name, "ratio": r["fid"] / rows[REFERENCE]["fid"], "exact": r["exact"],
-                      "exact_vs_reference": r["exact"] - rows[REFERENCE]["exact"],
-                      "train_samples": r["train_samples"], "train_seconds": r["train_seconds"]}
+            out[n] = {"row": name, **_route_figures(rows, name)}
+    return out
+
+
+def _route_figures(rows: dict, name: str) -> dict:
+    r = rows[name]
+    return {"ratio": r["fid"] / rows[REFERENCE]["fid"], "exact": r["exact"],
+            "exact_vs_reference": r["exact"] - rows[REFERENCE]["exact"], "train_samples": r["train_samples"],
+            "teacher_rows_per_sample": r["training"][-1]["teacher_rows_per_sample"],
+            "train_seconds": r["train_seconds"]}
+
+
+def routes_at(rows: dict, steps: tuple[int, ...] = (1, 2)) -> dict:
+    """Per step count, every trained row at that many steps, best first: its figures beside its training budget
+    (samples and seconds over every stage behind it; the teacher's UNet rows per sample of its last stage)."""
+    out = {}
+    for n in steps:
+        found = sorted((r["fid"], name) for name, r in rows.items() if r.get("steps") == n and "training" in r)
+        if found and REFERENCE in rows:
+            out[str(n)] = {name: _route_figures(rows, name) for _, name in found}
     return out
 
 
@@ -181,7 +210,8 @@ def ratios(rows: dict) -> dict:
         "Q8_consistency_base": _ratio(rows, "consistency_base8", ref),
     }
     out.update({"Q2_progressive": _ratio(rows, "progressive2", ref), "Q1_progressive": _ratio(rows, "progressive1", ref),
-                "B2": _ratio(rows, "teacher2_cfg", ref), "B1": _ratio(rows, "teacher1_cfg", ref)})
+                "B2": _ratio(rows, "teacher2_cfg", ref), "B1": _ratio(rows, "teacher1_cfg", ref),
+                "Q1_dmd": _ratio(rows, "dmd1", ref)})
     for steps, best in best_students(rows).items():
         out[f"Q{steps}"] = best["ratio"]
     baselines = [k for k in ("teacher8_cfg", "guided8_dpm") if k in rows]
@@ -262,6 +292,11 @@ def print_table(result: dict) -> None:
     for name, best in result.get("best_students", {}).items():
         console.print(f"[bold]{name}[/bold]: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in best.items()))
+    for n, found in result.get("routes", {}).items():
+        for name, f in found.items():
+            console.print(f"[bold]{n}-step route {name}[/bold]: ratio {f['ratio']:.3f}, exact {f['exact']:.3f}, "
+                          f"{f['train_samples']:,} samples, {f['teacher_rows_per_sample']:g} teacher rows/sample, "
+                          f"{f['train_seconds']:.0f} s")
     for section in ("judge", "ratios", "decoder", "speed", "distill_step", "data"):
         if section in result:
             console.print(f"[bold]{section}[/bold]: " + ", ".join(
@@ -283,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     result["judge"] = judge_figures()
     result["ratios"] = ratios(result["toy"])
     result["best_students"] = {f"Q{n}": best for n, best in best_students(result["toy"]).items()}
+    result["routes"] = routes_at(result["toy"])
     if arch := arch_figures(result["toy"]):
         result["arch"] = arch
     if small := decoder_figures(runs, result["toy"]):

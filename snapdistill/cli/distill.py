@@ -177,12 +177,13 @@ def distill_steps(
     out: Out = Path("runs/steps"),
     from_steps: Annotated[int | None, typer.Option(
         "--from", help="Teacher steps N [default: 16; --mode consistency takes none].")] = None,
-    to_steps: Annotated[int, typer.Option(
+    to_steps: Annotated[int | None, typer.Option(
         "--to", help="Student steps M (divides N); with --mode consistency, the student's default step count "
-                     "(it samples any count up to --num-ddim-timesteps).")] = 8,
+                     "(it samples any count up to --num-ddim-timesteps); --mode dmd: 1 [default: 8; dmd: 1].")] = None,
     mode: Annotated[str, typer.Option(
-        "--mode", help="direct (one stage N->M), progressive (N->N/2->...->M) or consistency (latent consistency "
-                       "distillation, sampled with LCMScheduler).")] = "direct",
+        "--mode", help="direct (one stage N->M), progressive (N->N/2->...->M), consistency (latent consistency "
+                       "distillation, sampled with LCMScheduler) or dmd (a 1-step generator by distribution "
+                       "matching, from prompts alone).")] = "direct",
     target_space: Annotated[str | None, typer.Option(
         "--target-space", help="The parametrisation the landing target is regressed in: x0 (max(SNR, 1) weighted), "
                                "eps or v [default: the student's own output (eps or v) when the round's teacher is a "
@@ -215,6 +216,14 @@ def distill_steps(
     num_ddim_timesteps: Annotated[int | None, typer.Option(
         "--num-ddim-timesteps", help="consistency: N teacher timesteps of the skipping-step solver (k = 1000/N "
                                      "skipped per step; LCMScheduler's original_inference_steps) [default: 50].")] = None,
+    real_guidance: Annotated[float | None, typer.Option(
+        "--real-guidance", help="dmd: CFG scale of the real score, the teacher's x0 prediction [default: 3.0].")] = None,
+    fake_updates: Annotated[int | None, typer.Option(
+        "--fake-updates", help="dmd: fake score updates per generator update [default: 5].")] = None,
+    fake_lr: Annotated[float | None, typer.Option(
+        "--fake-lr", help="dmd: the fake score network's AdamW rate (constant) [default: --lr].")] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        "--prompts", help="dmd: a text file of prompts, one a line, read instead of the shards' captions.")] = None,
     **shared,
 ) -> None:
     """Stage 2: a student takes one step where its teacher took N/M (teacher: a base model or a stage-1 student).
@@ -232,17 +241,24 @@ def distill_steps(
       snapdistill distill-steps --teacher runs/guided/student --from 16 --to 8 --student-arch bk-small --out runs/small8
 
       snapdistill distill-steps --mode consistency --teacher runs/guided/student --to 4 --loss huber --out runs/lcm4
+
+      snapdistill distill-steps --mode dmd --teacher sd15 --prompts prompts.txt --real-guidance 3 --out runs/dmd1
     """
     common = _common({**locals(), **shared})
     from snapdistill.distill import routes
-    from snapdistill.distill.steps_config import ConsistencyConfig, StepsConfig
+    from snapdistill.distill.steps_config import ConsistencyConfig, DMDConfig, StepsConfig
 
     given = {k: v for k, v in {"distance": loss, "huber_c": huber_c, "target_ema": target_ema,
                                "num_ddim_timesteps": num_ddim_timesteps}.items() if v is not None}
     consistency = ConsistencyConfig(**given) if given or mode == "consistency" else None
+    given = {k: v for k, v in {"real_guidance": real_guidance, "fake_updates": fake_updates, "fake_lr": fake_lr,
+                               "prompts": prompts}.items() if v is not None}
+    dmd = DMDConfig(**given) if given or mode == "dmd" else None
+    if to_steps is None:
+        to_steps = 1 if mode == "dmd" else 8
     config = StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                          target_space=target_space, cfg_prob=cfg_prob,
                          cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,
                          embed_guidance=embed_guidance, cond_dim=cond_dim, teacher_substeps=teacher_substeps,
-                         teacher_solver=teacher_solver, consistency=consistency)
+                         teacher_solver=teacher_solver, consistency=consistency, dmd=dmd)
     _launch(config, routes.run, shared["dry_run"], {"time_cond_proj_dim": cond_dim} if embed_guidance else None)

@@ -9,7 +9,8 @@ Checkpoints hold tensors and JSON only (safetensors, weights-only torch files, `
 with any other file is refused unread: `--resume` never unpickles objects, so a checkpoint cannot run code.
 
 A stage may hand the loop a second module that its loss reads and that changes as training goes (a consistency
-model's target network), with `after_step` updating it after each optimisation step; its weights are checkpointed
+model's target network, updated by `after_step` after each optimisation step; a fake score network, trained by the
+route's loss with its own optimiser, `extra_optimizer`); its weights, and that optimiser's state, are checkpointed
 beside the student's, so a resumed run continues it bit for bit.
 """
 
@@ -37,8 +38,9 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 # The files of a checkpoint: tensors and JSON only. Anything else in the folder is refused, not read.
 MODEL, OPTIMIZER, EMA, SCALER, TRAINER = "model.safetensors", "optimizer.pt", "ema.pt", "scaler.pt", "trainer.json"
-EXTRA = "extra.safetensors"  # the weights of `train`'s `extra_module` (a consistency target network)
-CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER, EXTRA)
+EXTRA = "extra.safetensors"  # the weights of `train`'s `extra_module` (a consistency target, a fake score network)
+EXTRA_OPTIMIZER = "extra_optimizer.pt"  # the state of `train`'s `extra_optimizer` (the fake score network's)
+CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER, EXTRA, EXTRA_OPTIMIZER)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def _load_tensors(path: Path, device) -> Any:
 
 
 def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model, optimizer, ema,
-                     extra_module=None) -> Path:
+                     extra_module=None, extra_optimizer=None) -> Path:
     """Save the resume state atomically: a temporary folder, a rename, then the `latest` pointer.
 
     Only tensors and JSON: the model as safetensors, the optimizer and EMA state with torch.save (read back with
@@ -160,13 +162,15 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
         tmp = root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _check_space(tmp, accelerator.unwrap_model(model), ema, extra_module)
+        _check_space(tmp, accelerator.unwrap_model(model), ema, extra_module, extra_optimizer is not None)
         try:
             save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()},
                       tmp / MODEL)
             if extra_module is not None:
                 save_file({k: v.contiguous() for k, v in extra_module.state_dict().items()}, tmp / EXTRA)
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            if extra_optimizer is not None:
+                torch.save(extra_optimizer.state_dict(), tmp / EXTRA_OPTIMIZER)
             if ema is not None:
                 torch.save(ema.state_dict(), tmp / EMA)
             if accelerator.scaler is not None:  # fp16 loss scaling
@@ -185,19 +189,21 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
     return root / name
 
 
-def checkpoint_bytes(model: torch.nn.Module, ema: bool, extra_module: torch.nn.Module | None = None) -> int:
+def checkpoint_bytes(model: torch.nn.Module, ema: bool, extra_module: torch.nn.Module | None = None,
+                     extra_optimized: bool = False) -> int:
     """About what one checkpoint takes on disk: the weights, AdamW's two moments, the EMA copy and the extra
-    module (a consistency target network)."""
+    module (a consistency target network; a fake score network, with its AdamW moments when `extra_optimized`)."""
     def size(module):
         return sum(p.numel() * p.element_size() for p in module.parameters())
 
-    return size(model) * (3 + int(ema)) + (size(extra_module) if extra_module is not None else 0)
+    extra = size(extra_module) * (1 + 2 * int(extra_optimized)) if extra_module is not None else 0
+    return size(model) * (3 + int(ema)) + extra
 
 
-def _check_space(folder: Path, model: torch.nn.Module, ema, extra_module=None) -> None:
+def _check_space(folder: Path, model: torch.nn.Module, ema, extra_module=None, extra_optimized: bool = False) -> None:
     """Refuse to start a checkpoint the disk cannot hold, in one line naming the folder and the space needed
     (a write that fails half-way is also reported in one line, by the CLI; this says how much to free)."""
-    need = checkpoint_bytes(model, ema is not None, extra_module)
+    need = checkpoint_bytes(model, ema is not None, extra_module, extra_optimized)
     free = shutil.disk_usage(folder).free
     if free < need:
         shutil.rmtree(folder, ignore_errors=True)
@@ -219,9 +225,10 @@ def _load_safetensors(path: Path, name: str, device) -> dict:
                                f"{e.__class__.__name__}); refusing to load it") from e
 
 
-def _load_checkpoint(path: Path, accelerator, model, optimizer, ema, extra_module=None) -> tuple[int, int]:
-    """Restore what `_save_checkpoint` wrote into the prepared model, optimizer, EMA and extra module; return
-    (step, consumed)."""
+def _load_checkpoint(path: Path, accelerator, model, optimizer, ema, extra_module=None,
+                     extra_optimizer=None) -> tuple[int, int]:
+    """Restore what `_save_checkpoint` wrote into the prepared model, optimizer, EMA, extra module and its
+    optimiser; return (step, consumed)."""
     path = check_checkpoint(path)
     model = accelerator.unwrap_model(model)
     device = next(model.parameters()).device
@@ -229,6 +236,10 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, ema, extra_modul
     if extra_module is not None:
         extra_module.load_state_dict(_load_safetensors(path, EXTRA, next(extra_module.parameters()).device))
     optimizer.load_state_dict(_load_tensors(path / OPTIMIZER, device))
+    if extra_optimizer is not None:
+        if not (path / EXTRA_OPTIMIZER).is_file():
+            raise SnapdistillError(f"{path}: not a complete checkpoint (no {EXTRA_OPTIMIZER})")
+        extra_optimizer.load_state_dict(_load_tensors(path / EXTRA_OPTIMIZER, next(extra_module.parameters()).device))
     if ema is not None:
         if not (path / EMA).is_file():
             raise SnapdistillError(f"{path}: not a complete checkpoint (no {EMA})")
@@ -266,13 +277,15 @@ def train(
     resume: Path | None = None,
     validate: Callable[[int], Any] | None = None,               # step -> grid image or None (main process)
     after_step: Callable[[torch.nn.Module], None] | None = None,  # unwrapped student -> None, after each step
-    extra_module: torch.nn.Module | None = None,                # not optimised; its weights are checkpointed
+    extra_module: torch.nn.Module | None = None,                # not optimised here; its weights are checkpointed
+    extra_optimizer: torch.optim.Optimizer | None = None,       # the loss's optimiser of extra_module; checkpointed
 ) -> TrainResult:
     """Optimise `student` on `loss_fn` until max_steps or max_minutes; checkpoints and logs in run_dir.
 
     `loss_fn` is handed the module being optimised (after `accelerator.prepare`, so maybe DDP-wrapped) on
     every call. `after_step` runs on every process after each optimisation step (after the EMA update), and
-    `extra_module` (the module it updates, if any) is saved in and restored from every checkpoint.
+    `extra_module` (the module it updates, if any) is saved in and restored from every checkpoint, with the state of
+    `extra_optimizer` when the loss trains that module itself (a fake score network).
     """
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
@@ -295,7 +308,7 @@ def train(
     # Resume.
     step, consumed = 0, 0
     if resume is not None:
-        step, consumed = _load_checkpoint(resume, accelerator, student, optimizer, ema, extra_module)
+        step, consumed = _load_checkpoint(resume, accelerator, student, optimizer, ema, extra_module, extra_optimizer)
     if accelerator.is_main_process:  # a fresh run starts an empty log; a resumed one drops lines after its step
         _truncate_stats(run_dir / "stats.jsonl", step)
     # The LR schedule is a pure function of the step, so a resumed run rebuilds it there (last_epoch = step - 1).
@@ -353,7 +366,8 @@ def train(
             # Save snapshot.
             done = step >= config.max_steps or out_of_time
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                _save_checkpoint(accelerator, run_dir, step, consumed, student, optimizer, ema, extra_module)
+                _save_checkpoint(accelerator, run_dir, step, consumed, student, optimizer, ema, extra_module,
+                                 extra_optimizer)
             # Validate.
             if validate and accelerator.is_main_process and config.validate_every and step % config.validate_every == 0:
                 tracking.log_grid(accelerator.trackers, validate(step), step)

@@ -1,7 +1,7 @@
 """`distill-steps --mode`: one registry from a mode to the route that trains it.
 
 Every route reads the same `StepsConfig` and runs on the one training loop (`loop.py`); a route's second network (a
-consistency target, later a fake score) is a field of its own state. The command asks this registry for the route,
+consistency target, a fake score) is a field of its own state. The command asks this registry for the route,
 so no route imports another.
 """
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from snapdistill.distill import consistency_stage, steps_stage
+from snapdistill.distill import consistency_stage, dmd_stage, steps_stage
 from snapdistill.distill.stage import teacher_unet_config
 from snapdistill.distill.steps_config import StepsConfig, ignored_flags
 
@@ -19,6 +19,7 @@ ROUTES: dict[str, Callable[[StepsConfig], Path | None]] = {
     "direct": steps_stage.run,
     "progressive": steps_stage.run,
     "consistency": consistency_stage.run,
+    "dmd": dmd_stage.run,
 }
 
 

@@ -200,9 +200,12 @@ def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int],
 
 
 def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *, teacher_steps: int,
-              student_steps: int, guidance: float = 7.5) -> Callable[[int], Any] | None:
-    """A callback writing val/step-N.png (and returning it): the teacher's row above the student's, same prompts
-    and seeds, at the training resolution. None with --val-prompts 0. Each row's time goes to the log."""
+              student_steps: int, guidance: float = 7.5, student_guidance: float | None = None,
+              prompts: list[str] | None = None) -> Callable[[int], Any] | None:
+    """A callback writing val/step-N.png (and returning it): the teacher's row (at `guidance`) above the student's
+    (at `student_guidance`, default the same), same prompts and seeds, at the training resolution. The prompts are
+    the first --val-prompts of `prompts`, else of the shards' captions. None with --val-prompts 0. Each row's time
+    goes to the log."""
     from diffusers import StableDiffusionPipeline
 
     from snapdistill.sampling.schedulers import make_scheduler
@@ -210,17 +213,19 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
     if common.val_prompts == 0:
         return None
     pipe = teacher.pipe
-    prompts = first_captions(find_shards(common.shards), common.val_prompts)
+    prompts = (prompts[:common.val_prompts] if prompts is not None
+               else first_captions(find_shards(common.shards), common.val_prompts))
+    student_guidance = guidance if student_guidance is None else student_guidance
     seeds = list(range(len(prompts)))
     size = train_size(pipe, common)
     # The student keeps fp32 beside frozen parts in bf16/fp16: autocast runs the mixed pipeline.
     dtype = frozen_dtype(common.train.mixed_precision)
     mixed = torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def timed(what: str, render_pipe, steps: int) -> Any:
+    def timed(what: str, render_pipe, steps: int, scale: float) -> Any:
         started = time.perf_counter()
         with mixed:
-            images = generate(render_pipe, prompts, seeds, steps=steps, guidance=guidance, size=size)
+            images = generate(render_pipe, prompts, seeds, steps=steps, guidance=scale, size=size)
         log(f"validation: {what} row, {len(prompts)} prompts x {steps} steps at {size} px: "
             f"{time.perf_counter() - started:.1f} s")
         return images
@@ -232,12 +237,12 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
             ref_pipe = StableDiffusionPipeline(**{**pipe.components, "requires_safety_checker": False,
                                                   "scheduler": make_scheduler("dpmsolver++", pipe.scheduler.config)})
             ref_pipe.set_progress_bar_config(disable=True)
-            reference.append(timed("teacher reference", ref_pipe, teacher_steps))
+            reference.append(timed("teacher reference", ref_pipe, teacher_steps, guidance))
         was_training = student_unet.training
         student_pipe = StableDiffusionPipeline(**{**pipe.components, "requires_safety_checker": False,
                                                   "unet": student_unet.eval(), "scheduler": scheduler})
         student_pipe.set_progress_bar_config(disable=True)
-        images = timed(f"student (step {step})", student_pipe, student_steps)
+        images = timed(f"student (step {step})", student_pipe, student_steps, student_guidance)
         student_unet.train(was_training)
         return save_grid_rows([reference[0], images], Path(common.out) / "val" / f"step-{step:07d}.png")
 
@@ -248,24 +253,28 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss
                    record: StudentRecord,
                    stage: str, config: dict, resume_from: Path | None, teacher_steps: int, student_steps: int,
                    run_dir: Path | None = None, after_step: Callable | None = None,
-                   extra_module=None) -> TrainResult:
+                   extra_module=None, extra_optimizer=None, data: tuple | None = None,
+                   val_prompts: list[str] | None = None, student_guidance: float | None = None) -> TrainResult:
     """Train `student_unet` on `loss(module, batch, gen)`, then save `student/` (EMA weights), the model card and
-    stats. The loop hands the loss the (possibly DDP-wrapped) module it optimises; `after_step` and
-    `extra_module` go to the loop as they are (see `loop.train`)."""
+    stats. The loop hands the loss the (possibly DDP-wrapped) module it optimises; `after_step`, `extra_module` and
+    `extra_optimizer` go to the loop as they are (see `loop.train`). `data` is (batches, prepare) when the route
+    reads something else than `batch_maker`'s image batches (a prompt-only route), with its validation prompts
+    `val_prompts`; `student_guidance` is the scale the validation grid samples the student at (default 7.5)."""
     run_dir = Path(run_dir or common.out)
     common_here = copy.copy(common)
     common_here.out = run_dir
     student_unet.float()  # fp32 master weights, built before the frozen parts are cast below
     freeze_to(teacher.pipe, frozen_dtype(common.train.mixed_precision))
-    batches, prepare = batch_maker(teacher, common)
+    batches, prepare = data or batch_maker(teacher, common)
     validate = validator(teacher, student_unet, scheduler, common_here, teacher_steps=teacher_steps,
-                         student_steps=student_steps)
+                         student_steps=student_steps, student_guidance=student_guidance, prompts=val_prompts)
 
     def step_loss(module, raw, gen):
         return loss(module, prepare(raw, gen), gen)
 
     result = train(run_dir=run_dir, student=student_unet, loss_fn=step_loss, batches=batches, config=common.train,
-                   resume=resume_from, validate=validate, after_step=after_step, extra_module=extra_module)
+                   resume=resume_from, validate=validate, after_step=after_step, extra_module=extra_module,
+                   extra_optimizer=extra_optimizer)
     from snapdistill.dist import process_state
 
     ema_weights_into(student_unet, result)  # on every process: a progressive round's student teaches the next
@@ -289,8 +298,10 @@ def train_and_save(*, common: CommonConfig, teacher: Teacher, student_unet, loss
 
 
 def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, result: TrainResult,
-           run_dir: Path | None = None, extra_outputs: dict | None = None) -> Path | None:
-    """Write the run's manifest (main process only); return its path."""
+           run_dir: Path | None = None, extra_outputs: dict | None = None,
+           data_input: Path | None = None) -> Path | None:
+    """Write the run's manifest (main process only); return its path. `data_input` is what the run read instead
+    of the shards (a prompt file)."""
     from snapdistill.dist import process_state
 
     state = process_state()
@@ -301,7 +312,7 @@ def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, 
         run_dir,
         stage=stage,
         config=config,
-        inputs=[input_entry(teacher.path, spec=teacher.spec), input_entry(common.shards)],
+        inputs=[input_entry(teacher.path, spec=teacher.spec), input_entry(data_input or common.shards)],
         outputs={"student": "student", "stats": "stats.jsonl", "model_card": "README.md",
                  **({"val": "val"} if common.val_prompts else {}),
                  **(extra_outputs or {})},

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from snapdistill.distill.consistency import check_distance
+from snapdistill.distill.data import read_prompt_file
 from snapdistill.distill.losses import check_guidance_range, check_solver, check_space
 from snapdistill.distill.stage import CommonConfig
 from snapdistill.errors import SnapdistillError
@@ -41,7 +43,32 @@ class ConsistencyConfig:
                                    f"{num_train_timesteps} timesteps")
 
 
-MODES = ("direct", "progressive", "consistency")
+@dataclass
+class DMDConfig:
+    real_guidance: float = 3.0          # CFG scale of the real score (the teacher); DMD2 used 1.75 on SD 1.5
+    fake_updates: int = 5               # fake score updates per generator update (DMD2: 5 to 10)
+    fake_lr: float | None = None        # the fake score's AdamW rate; None: the generator's --lr
+    prompts: Path | None = None         # a prompt file, one a line; None: the shards' captions
+
+    def check(self, from_steps: int | None, to_steps: int) -> None:
+        """Refuse impossible settings with one line, before the teacher loads."""
+        if from_steps is not None:
+            raise SnapdistillError("--mode dmd takes no --from: the generator matches the teacher's distribution, "
+                                   "not its trajectory")
+        if to_steps != 1:
+            raise SnapdistillError(f"--mode dmd trains a 1-step generator: set --to 1 (got --to {to_steps})")
+        if self.fake_updates < 1:
+            raise SnapdistillError(f"--fake-updates must be an integer >= 1, got {self.fake_updates}")
+        if self.fake_lr is not None and not (math.isfinite(self.fake_lr) and self.fake_lr > 0):
+            raise SnapdistillError(f"--fake-lr must be a finite number > 0, got {self.fake_lr}")
+        if not (math.isfinite(self.real_guidance) and self.real_guidance >= 1):
+            raise SnapdistillError(f"--real-guidance must be a finite number >= 1 (1: no guidance), got "
+                                   f"{self.real_guidance}")
+        if self.prompts is not None:
+            read_prompt_file(self.prompts)  # missing, unreadable or empty: one line now, not after the teacher loads
+
+
+MODES = ("direct", "progressive", "consistency", "dmd")
 DEFAULT_FROM = 16
 # A round's (teacher substeps, solver, target space) where --teacher-substeps / --teacher-solver / --target-space are
 # not given, by the round's teacher. A step-distilled teacher of at most ON_GRID_MAX_STEPS steps (the end of a
@@ -74,7 +101,7 @@ class StepsConfig:
     common: CommonConfig
     from_steps: int | None = None                       # None: 16 (direct, progressive); consistency takes none
     to_steps: int = 8
-    mode: str = "direct"                                # direct | progressive | consistency
+    mode: str = "direct"                                # direct | progressive | consistency | dmd
     target_space: str | None = None                     # x0 | eps | v (DESIGN.md §3); None: by the round's teacher
     cfg_prob: float = 0.1                               # share of CFG-aware batches (SnapFusion §4.2)
     cfg_range: tuple[float, float] = (2.0, 14.0)
@@ -85,11 +112,14 @@ class StepsConfig:
     teacher_solver: str | None = None                   # dpmsolver++ (2M within each landing) | ddim; None (both):
     #                                                     by the round's teacher (see `landing`)
     consistency: ConsistencyConfig | None = None        # the settings of --mode consistency (None otherwise)
+    dmd: DMDConfig | None = None                        # the settings of --mode dmd (None otherwise)
 
     def __post_init__(self):
         if self.mode == "consistency" and self.consistency is None:
             self.consistency = ConsistencyConfig()
-        if self.mode != "consistency" and self.from_steps is None:
+        if self.mode == "dmd" and self.dmd is None:
+            self.dmd = DMDConfig()
+        if self.mode not in ("consistency", "dmd") and self.from_steps is None:
             self.from_steps = DEFAULT_FROM
 
     def check(self) -> None:
@@ -98,6 +128,15 @@ class StepsConfig:
         if self.mode not in MODES:
             raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
         check_guidance_range(self.cfg_range)
+        if self.dmd is not None and self.mode != "dmd":
+            raise SnapdistillError(f"--real-guidance, --fake-updates, --fake-lr and --prompts need --mode dmd, got "
+                                   f"--mode {self.mode}")
+        if self.mode == "dmd":
+            if self.consistency is not None:
+                raise SnapdistillError("--loss, --huber-c, --target-ema and --num-ddim-timesteps need --mode "
+                                       "consistency, got --mode dmd")
+            self.dmd.check(self.from_steps, self.to_steps)
+            return
         if self.mode == "consistency":
             if self.from_steps is not None:
                 raise SnapdistillError("--mode consistency takes no --from: the student learns the teacher's whole "
@@ -155,8 +194,8 @@ def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
     `teacher_w_dim` is the teacher's time_cond_proj_dim (None: it runs CFG), read from its unet/config.json.
     """
     default = {f.name: f.default for f in dataclasses.fields(StepsConfig)}
-    if config.mode == "consistency":
-        return _ignored_by_consistency(config, default, teacher_w_dim)
+    if config.mode in ("consistency", "dmd"):
+        return _ignored_by_route(config, default, teacher_w_dim)
     student_takes_w = teacher_w_dim is not None or config.embed_guidance
     lines = []
     if student_takes_w and config.cfg_prob != default["cfg_prob"]:
@@ -170,13 +209,18 @@ def ignored_flags(config: StepsConfig, teacher_w_dim: int | None) -> list[str]:
     return lines
 
 
-def _ignored_by_consistency(config: StepsConfig, default: dict, teacher_w_dim: int | None) -> list[str]:
-    """`ignored_flags` for --mode consistency: the step-distillation flags it does not read."""
+def _ignored_by_route(config: StepsConfig, default: dict, teacher_w_dim: int | None) -> list[str]:
+    """`ignored_flags` for --mode consistency and dmd: the step-distillation flags they do not read (dmd reads no
+    guidance range either: its real score takes --real-guidance)."""
     unused = {"cfg_prob": "--cfg-prob", "target_space": "--target-space", "gamma": "--gamma",
               "teacher_substeps": "--teacher-substeps", "teacher_solver": "--teacher-solver",
               "embed_guidance": "--embed-guidance"}
-    lines = [f"{flag} has no effect with --mode consistency" for name, flag in unused.items()
+    if config.mode == "dmd":
+        unused.update(cfg_range="--guidance-range", cond_dim="--cond-dim")
+    lines = [f"{flag} has no effect with --mode {config.mode}" for name, flag in unused.items()
              if getattr(config, name) != default[name]]
-    if teacher_w_dim is not None and config.cond_dim != default["cond_dim"]:
+    if config.mode == "dmd" and config.common.feat_weight:
+        lines.append("--feat-weight has no effect with --mode dmd (no feature distillation)")
+    if config.mode == "consistency" and teacher_w_dim is not None and config.cond_dim != default["cond_dim"]:
         lines.append("--cond-dim has no effect: the teacher already takes w, and its student copies it")
     return lines

@@ -31,6 +31,7 @@ class StudentRecord:
     student_arch: str = "same"
     original_inference_steps: int | None = None   # consistency: the N-point grid its LCMScheduler samples from
     resolution: int | None = None                 # training image side; `sample` defaults to it
+    guidance: float | None = None                 # the scale `sample` feeds it by default (dmd: 1, guidance baked in)
 
     @property
     def step_distilled(self) -> bool:

@@ -17,7 +17,8 @@ class SampleConfig:
     out: Path                                    # output folder
     source: dict = field(default_factory=dict)   # how the prompts were chosen (for the manifest)
     steps: int | None = None                     # None: the student's recorded count, else 20
-    guidance: float = 7.5                        # CFG scale s (a guided student is fed w = s - 1)
+    guidance: float | None = None                # CFG scale s (a guided student is fed w = s - 1); None: the
+    #                                              student's recorded scale (a dmd generator's 1), else 7.5
     size: int | None = None                      # None: 512, or the model's native size when smaller
     scheduler: str | None = None                 # None: the student's own, else dpmsolver++
     spacing: str = "trailing"                    # timestep spacing of a named scheduler
@@ -38,7 +39,7 @@ class SampleConfig:
             if value is not None and value < 1:
                 raise SnapdistillError(f"{flag} must be a positive integer, got {value}")
         # Any finite scale is a valid input to diffusers (s <= 1 means no guidance); nan or inf would give nan images.
-        if not math.isfinite(self.guidance) or self.guidance < 0:
+        if self.guidance is not None and (not math.isfinite(self.guidance) or self.guidance < 0):
             raise SnapdistillError(f"--guidance must be a finite number >= 0, got {self.guidance}")
 
     def inputs(self, model_path: Path) -> dict:

@@ -81,6 +81,15 @@ def check_grid(config: SampleConfig, record: StudentRecord | None) -> str | None
     return reason
 
 
+DEFAULT_GUIDANCE = 7.5
+
+
+def default_guidance(record: StudentRecord | None) -> float:
+    """The guidance scale a model is sampled at unless asked: the one its record gives (a dmd generator, its
+    guidance baked in, is sampled at 1), else 7.5."""
+    return record.guidance if record is not None and record.guidance is not None else DEFAULT_GUIDANCE
+
+
 def resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict, object]:
     """Fill in defaults (steps, scheduler, size) from the model; return (settings, scheduler).
 
@@ -103,7 +112,7 @@ def resolve_settings(config: SampleConfig, pipe, model_path: Path) -> tuple[dict
         "model_path": str(model_path.resolve()),
         "model_fingerprint": model_fingerprint(model_path),
         "steps": int(steps),
-        "guidance": float(config.guidance),
+        "guidance": float(default_guidance(record) if config.guidance is None else config.guidance),
         "size": int(size),
         "scheduler": {"name": name, **describe(scheduler)},
         "negative_prompt": config.negative_prompt,

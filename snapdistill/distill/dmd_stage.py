@@ -1,0 +1,120 @@
+"""`distill-steps --mode dmd --to 1`: a one-step generator by distribution matching (see `dmd.py`), from prompts alone.
+
+The generator G starts as the teacher (a base model, or a stage-1 student that takes w) and maps pure noise at
+t = T − 1 to x0 in one UNet call; the real score is the teacher with CFG at --real-guidance (a stage-1 teacher is fed
+w instead), the fake score a second copy of the teacher trained on G's samples, with its own AdamW at --fake-lr,
+--fake-updates times per generator step. The fake network and its optimiser are the route's state, checkpointed by
+the one training loop, so `--resume latest` continues both bit for bit.
+
+Only captions are read: the shards' `txt` (no image is decoded) or `--prompts FILE`. The student folder's scheduler
+is a 1-step trailing DDIM at t = T − 1 that returns G's x0 exactly (final ᾱ = 1); its guidance is baked in, so the
+record tells `sample` to feed it 1 (a G that takes w is fed the real-guidance scale it was trained at).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from snapdistill.distill.steps_config import StepsConfig
+
+
+def one_step_scheduler(teacher_scheduler, prediction_type: str):
+    """A trailing DDIM at one step (t = T − 1) whose step returns the model's x0 exactly (set_alpha_to_one)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(dict(teacher_scheduler.config), timestep_spacing="trailing",
+                                     prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=True)
+
+
+def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
+    """(batches(skip), prepare(raw, gen) -> PromptBatch, the validation prompts): captions from --prompts or the
+    shards, with the caption dropout of the other routes."""
+    import torch
+
+    from snapdistill.dist import process_state
+    from snapdistill.distill.data import PromptLines, ShardCaptions, find_shards, read_prompt_file
+    from snapdistill.distill.dmd import PromptBatch
+    from snapdistill.distill.run import first_captions
+
+    common = config.common
+    if config.dmd.prompts is not None:
+        prompts = read_prompt_file(config.dmd.prompts)
+        state = process_state()
+        stream, val = PromptLines(prompts, seed=seed, rank=state.process_index, world=state.num_processes), prompts
+    else:
+        shards = find_shards(common.shards)
+        stream, val = ShardCaptions(shards, seed=seed), first_captions(shards, common.val_prompts)
+
+    def batches(skip: int):
+        return stream.batches(common.train.batch_size, skip=skip)
+
+    def prepare(captions: list[str], gen: torch.Generator) -> PromptBatch:
+        drop = torch.rand(len(captions), generator=gen) < common.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        return PromptBatch(cond=text(captions), uncond=text([""]))
+
+    return batches, prepare, val
+
+
+def run(config: StepsConfig) -> Path | None:
+    """Train the generator and its fake score, save `student/` with its 1-step scheduler, write the manifest."""
+    from snapdistill.diffusion import DiffusionModel
+    from snapdistill.distill.dmd import DMDLoss, FakeScore, latent_shape
+    from snapdistill.distill.guided import Guided, StudentKind
+    from snapdistill.distill.stage import (
+        finish,
+        load_teacher,
+        prepare_run,
+        resolved_config,
+        resume_point,
+        train_and_save,
+        train_size,
+    )
+    from snapdistill.distill.student import copy_student, student_prediction_type
+    from snapdistill.errors import SnapdistillError
+    from snapdistill.models.encoding import TextEmbeddings
+    from snapdistill.models.student_record import StudentRecord
+    from snapdistill.outdir import check_out_apart
+
+    config.check()
+    common, dmd = config.common, config.dmd
+    if dmd.prompts is not None:
+        check_out_apart(common.out, {"--prompts": dmd.prompts})
+    teacher = load_teacher(common)
+    teacher_record = StudentRecord.read(teacher.path)
+    if teacher_record is not None and teacher_record.step_distilled:
+        raise SnapdistillError(f"--teacher {common.teacher} is a {teacher_record.num_inference_steps}-step student; "
+                               "--mode dmd needs a teacher that denoises at every time (a base model or a "
+                               "distill-guidance student)")
+    prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
+    resume_from = resume_point(common.out, common.resume)
+    pipe = teacher.pipe
+    teacher_model = DiffusionModel.from_pipeline(pipe)
+    w_dim = pipe.unet.config.time_cond_proj_dim
+    student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, 1)
+    generator = copy_student(pipe.unet, common.student_arch).to(pipe.device)
+    fake = FakeScore(copy_student(pipe.unet).to(pipe.device), StudentKind(teacher_model.prediction_type, w_dim),
+                     teacher_model.schedule, lr=dmd.fake_lr or common.train.lr,
+                     max_grad_norm=common.train.max_grad_norm)
+    # A G that takes w is fed the real-guidance scale, in training and (recorded below) in sampling; else none.
+    baked = dmd.real_guidance if w_dim is not None else 1.0
+    size = train_size(pipe, common)
+    loss = DMDLoss(real=Guided(teacher_model, w_dim), fake=fake, generator=StudentKind(student_type, w_dim),
+                   schedule=teacher_model.schedule, latent_shape=latent_shape(pipe.unet.config, pipe.vae_scale_factor,
+                                                                              size),
+                   real_guidance=dmd.real_guidance, fake_updates=dmd.fake_updates, generator_scale=baked)
+    batches, prepare, val = prompt_data(config, TextEmbeddings(pipe.tokenizer, pipe.text_encoder),
+                                        seed=common.train.seed)
+    scheduler = one_step_scheduler(pipe.scheduler, student_type)
+    scheduler.set_timesteps(1)
+    record = StudentRecord(stage="distill-steps", num_inference_steps=1, timesteps=[int(scheduler.timesteps[0])],
+                           mode="dmd", guidance_embedding=w_dim is not None, prediction_type=student_type,
+                           student_arch=common.student_arch, guidance=baked)
+    result = train_and_save(
+        common=common, teacher=teacher, student_unet=generator, loss=loss, scheduler=scheduler, record=record,
+        stage="distill-steps", config=resolved_config(config), resume_from=resume_from, teacher_steps=16,
+        student_steps=1, extra_module=fake.unet, extra_optimizer=fake.optimizer,
+        data=(batches, prepare), val_prompts=val, student_guidance=baked,
+    )
+    return finish(stage="distill-steps", common=common, config=resolved_config(config), teacher=teacher,
+                  result=result, data_input=dmd.prompts)

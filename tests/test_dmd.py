@@ -1,0 +1,261 @@
+"""`distill-steps --mode dmd`: the generator gradient and losses against hand-computed values, a tiny run from
+shards and from a prompt file, resume bit for bit (both networks, both optimisers), the student in stock diffusers
+at one UNet call, bad settings."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from snapdistill.diffusion import NoiseSchedule, Prediction
+from snapdistill.distill.dmd import (
+    DMDLoss,
+    FakeScore,
+    PromptBatch,
+    denoising_loss,
+    dmd_gradient,
+    generator_loss,
+    score_timesteps,
+)
+from snapdistill.distill.guided import StudentKind
+from snapdistill.models.tiny import SD_SCHEDULER_CONFIG
+
+SD = NoiseSchedule.from_scheduler_config(SD_SCHEDULER_CONFIG)
+
+
+def test_dmd_gradient_hand_computed():
+    # One sample of two elements: x = [1, 3], real_x0 = [0, 1], fake_x0 = [2, -1].
+    # mean|x - real_x0| = (1 + 2) / 2 = 1.5; grad = (fake - real) / 1.5 = [2/1.5, -2/1.5].
+    x = torch.tensor([[1.0, 3.0]])
+    real, fake = torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, -1.0]])
+    torch.testing.assert_close(dmd_gradient(x, real, fake), torch.tensor([[4 / 3, -4 / 3]]))
+    # Per sample: a second sample with another scale is normalised by its own mean.
+    x2 = torch.tensor([[1.0, 3.0], [4.0, 4.0]])
+    real2, fake2 = torch.tensor([[0.0, 1.0], [0.0, 0.0]]), torch.tensor([[2.0, -1.0], [1.0, 2.0]])
+    torch.testing.assert_close(dmd_gradient(x2, real2, fake2), torch.tensor([[4 / 3, -4 / 3], [0.25, 0.5]]))
+    # Fake equal to real: no gradient.
+    assert torch.equal(dmd_gradient(x, real, real), torch.zeros_like(x))
+
+
+def test_generator_loss_value_and_its_gradient_is_grad():
+    x = torch.tensor([[1.0, 3.0], [0.5, -2.0]], requires_grad=True)
+    grad = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
+    loss = generator_loss(x, grad)
+    # 0.5 * ||x - (x - grad)||^2 = 0.5 * ||grad||^2 per sample.
+    torch.testing.assert_close(loss.detach(), torch.tensor([0.5 * (0.25 + 1.0), 0.5 * (4.0 + 0.0625)]))
+    loss.sum().backward()
+    torch.testing.assert_close(x.grad, grad)
+
+
+def test_score_timesteps_stay_in_the_dmd_range():
+    t = score_timesteps(torch.Generator().manual_seed(0), 20_000, 1000)
+    assert int(t.min()) == 20 and int(t.max()) == 980
+
+
+def test_denoising_loss_is_zero_for_the_true_output_in_each_parametrisation():
+    x0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    alpha, sigma = torch.tensor([0.6, 0.8]).view(-1, 1, 1, 1), torch.tensor([0.8, 0.6]).view(-1, 1, 1, 1)
+    z = alpha * x0 + sigma * eps
+    for kind, output in (("epsilon", eps), ("v_prediction", alpha * eps - sigma * x0), ("sample", x0)):
+        pred = Prediction.from_output(kind, z=z, output=output, alpha=alpha, sigma=sigma)
+        torch.testing.assert_close(denoising_loss(pred, x0, eps), torch.zeros(2), atol=1e-10, rtol=0)
+    # An eps model off by 1 everywhere: loss 1 per sample.
+    pred = Prediction.from_output("epsilon", z=z, output=eps + 1, alpha=alpha, sigma=sigma)
+    torch.testing.assert_close(denoising_loss(pred, x0, eps), torch.ones(2))
+
+
+class _Const(torch.nn.Module):
+    """A 'UNet' whose eps output is a learnable constant c (so its x0 depends on z and c only)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(float(c)))
+        self.dtype_probe = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, z, t, encoder_hidden_states=None, timestep_cond=None, return_dict=False):
+        return (torch.zeros_like(z) + self.c,)
+
+
+def test_generator_gradient_vanishes_when_the_fake_score_is_the_real_one():
+    from snapdistill.diffusion import DiffusionModel
+    from snapdistill.distill.guided import Guided
+
+    teacher = Guided(DiffusionModel(_Const(0.3), SD, "epsilon"), None)
+    fake = FakeScore(_Const(0.3), StudentKind("epsilon", None), SD, lr=1e-3)
+    loss = DMDLoss(real=teacher, fake=fake, generator=StudentKind("epsilon", None), schedule=SD,
+                   latent_shape=(4, 2, 2), real_guidance=1.0, fake_updates=1)
+    batch = PromptBatch(cond=torch.zeros(3, 1, 8), uncond=torch.zeros(1, 1, 8))
+    x = loss.sample(_Const(0.1), batch, torch.Generator().manual_seed(0))
+    assert torch.equal(loss.gradient(x, batch, torch.Generator().manual_seed(1)), torch.zeros_like(x))
+    # A fake score that differs gives a nonzero gradient; one call also takes one fake update.
+    fake.unet.c.data.fill_(0.5)
+    assert loss.gradient(x, batch, torch.Generator().manual_seed(1)).abs().min() > 0
+    before = float(fake.unet.c.detach())
+    per_sample = loss(_Const(0.1), batch, torch.Generator().manual_seed(2))
+    assert per_sample.shape == (3,) and float(fake.unet.c.detach()) != before and fake.last_loss == fake.last_loss
+
+
+# ---- a tiny run through the CLI ----------------------------------------------------------------------------------
+
+def _train(cli, out, teacher, *extra):
+    return cli("distill-steps", "--mode", "dmd", "--teacher", teacher, "--out", out, "--batch-size", 2,
+               "--ema-decay", 0, "--caption-dropout", 0, "--val-prompts", 0, "--fake-updates", 2, *extra)
+
+
+@pytest.fixture(scope="module")
+def dmd_run(tmp_path_factory, tiny_eps_dir, test_shards):
+    import sys
+
+    from snapdistill.cli import main
+
+    out = tmp_path_factory.mktemp("dmd") / "run"
+    argv = ["snapdistill", "distill-steps", "--mode", "dmd", "--teacher", str(tiny_eps_dir), "--shards",
+            str(test_shards), "--out", str(out), "--batch-size", "2", "--max-steps", "2", "--checkpoint-every", "1",
+            "--lr", "1e-3", "--warmup-steps", "1", "--fake-updates", "2", "--val-prompts", "2"]
+    old, sys.argv = sys.argv, argv
+    try:
+        main()
+    except SystemExit as e:  # click ends a standalone run with exit code 0
+        assert not e.code, e.code
+    finally:
+        sys.argv = old
+    return out
+
+
+def test_student_runs_in_stock_diffusers_at_one_unet_call(dmd_run, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from snapdistill.sampling import stage as sample
+    from snapdistill.sampling.prompts import PromptItem
+
+    folder = dmd_run / "student"
+    info = json.loads((folder / "snapdistill.json").read_text())
+    assert (info["mode"], info["num_inference_steps"], info["timesteps"], info["guidance"]) == ("dmd", 1, [999], 1.0)
+    assert info["prediction_type"] == "v_prediction"  # auto: a 1-step student predicts v
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    rows, timesteps = [0], []
+
+    def hook(_m, args, kwargs):
+        rows[0] += (args[0] if args else kwargs["sample"]).shape[0]
+        timesteps.append(int(args[1] if len(args) > 1 else kwargs["timestep"]))
+
+    pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    gen = torch.Generator().manual_seed(0)
+    image = pipe(["a red square", "a blue square"], guidance_scale=1.0, num_inference_steps=1, height=32, width=32,
+                 output_type="latent", generator=gen).images
+    assert rows[0] == 2 and timesteps == [999]
+    # The scheduler returns G's x0 exactly: the final alpha is 1.
+    assert pipe.scheduler.config.set_alpha_to_one is True and image.shape == (2, 4, 8, 8)
+    # `sample` samples it at its recorded guidance (1): one call per image, no CFG.
+    m = json.loads(sample.run(sample.SampleConfig(model=str(folder), out=tmp_path / "s"),
+                              [PromptItem(0, "a red square")]).read_text())
+    assert m["config"]["guidance"] == 1.0 and m["metrics"]["unet_calls_per_image"] == 1
+
+
+def test_run_checkpoint_holds_the_fake_network_and_its_optimiser(dmd_run):
+    from safetensors.torch import load_file
+
+    from snapdistill.distill.loop import latest_checkpoint
+
+    manifest = json.loads((dmd_run / "manifest.json").read_text())
+    assert manifest["config"]["mode"] == "dmd" and manifest["config"]["dmd"]["fake_updates"] == 2
+    ckpt = latest_checkpoint(dmd_run)
+    generator, fake = load_file(ckpt / "model.safetensors"), load_file(ckpt / "extra.safetensors")
+    assert generator.keys() == fake.keys()
+    state = torch.load(ckpt / "extra_optimizer.pt", weights_only=True)
+    # Two generator steps of two fake updates each: AdamW counted four steps of the fake network.
+    assert {int(s["step"]) for s in state["state"].values()} == {4}
+    assert (dmd_run / "val" / "step-0000002.png").is_file()
+
+
+def test_resume_gives_bitwise_the_same_weights_of_both_networks(cli, tmp_path, tiny_eps_dir, test_shards):
+    from safetensors.torch import load_file
+
+    flags = ("--shards", test_shards, "--max-steps", 3, "--checkpoint-every", 1, "--lr", "1e-3", "--warmup-steps", 1)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert _train(cli, straight, tiny_eps_dir, *flags)[0] == 0
+    assert _train(cli, stopped, tiny_eps_dir, *flags)[0] == 0
+    # Pretend the second run stopped after step 2: drop its last checkpoint, the student and the manifest.
+    checkpoints = sorted((stopped / "checkpoints").glob("step-*"))
+    shutil.rmtree(checkpoints[-1])
+    (stopped / "checkpoints" / "latest").write_text(checkpoints[-2].name + "\n")
+    (stopped / "manifest.json").unlink()
+    shutil.rmtree(stopped / "student")
+    assert _train(cli, stopped, tiny_eps_dir, *flags, "--resume", "latest")[0] == 0
+    for name in ("student/unet/diffusion_pytorch_model.safetensors", "checkpoints/step-0000003/extra.safetensors",
+                 "checkpoints/step-0000003/model.safetensors"):
+        a, b = load_file(straight / name), load_file(stopped / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = (torch.load(r / "checkpoints/step-0000003/extra_optimizer.pt", weights_only=True) for r in (straight, stopped))
+    assert all(torch.equal(a["state"][k]["exp_avg"], b["state"][k]["exp_avg"]) for k in a["state"])
+    # And the generator actually moved from the teacher.
+    teacher = load_file(tiny_eps_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    g = load_file(straight / "student/unet/diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(g[k], teacher[k]) for k in g)
+
+
+def test_from_a_prompt_file_no_image_is_read(cli, tmp_path, tiny_eps_dir, monkeypatch):
+    from snapdistill.data import shards as shard_module
+
+    def no_images(*a, **k):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(shard_module, "decode_sample", no_images)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\n\na blue circle\na green square\n")
+    out = tmp_path / "o"
+    code, _, err = _train(cli, out, tiny_eps_dir, "--prompts", prompts, "--shards", tmp_path / "no-shards",
+                          "--max-steps", 2, "--val-prompts", 2)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"][1]["path"] == str(prompts.resolve()) and manifest["counts"]["samples"] == 4
+    assert (out / "val" / "step-0000002.png").is_file()
+
+
+def test_prompt_stream_is_seeded_and_skips_what_it_consumed():
+    from snapdistill.distill.data import PromptLines
+
+    lines = [f"p{i}" for i in range(5)]
+    straight = PromptLines(lines, seed=3).batches(2)
+    first = [next(straight) for _ in range(6)]  # 12 prompts: two whole epochs and a bit
+    assert sorted(sum(first[:2], []) + first[2][:1]) == sorted(lines)
+    resumed = PromptLines(lines, seed=3).batches(2, skip=6)
+    assert [next(resumed) for _ in range(3)] == first[3:]
+    assert PromptLines(lines, rank=1, world=2).prompts == ["p1", "p3"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--from", 16), "--mode dmd takes no --from"),
+    (("--to", 2), "--mode dmd trains a 1-step generator: set --to 1 (got --to 2)"),
+    (("--fake-updates", 0), "--fake-updates must be an integer >= 1, got 0"),
+    (("--fake-lr", 0), "--fake-lr must be a finite number > 0, got 0.0"),
+    (("--fake-lr", "nan"), "--fake-lr must be a finite number > 0, got nan"),
+    (("--real-guidance", 0.5), "--real-guidance must be a finite number >= 1"),
+    (("--prompts", "missing.txt"), "missing.txt: prompt file not found"),
+])
+def test_bad_settings_are_one_line_before_the_teacher_loads(cli, tmp_path, tiny_eps_dir, test_shards, monkeypatch,
+                                                            extra, message):
+    from snapdistill.distill import stage as common_stage
+
+    def no_load(*a, **k):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(common_stage, "load_pipeline", no_load)
+    code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, "--shards", test_shards, "--max-steps", 1, *extra)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_dmd_flags_without_the_mode_are_refused(cli, tmp_path, test_shards):
+    code, _, err = cli("distill-steps", "--shards", test_shards, "--out", tmp_path / "o", "--real-guidance", 3)
+    assert code == 2 and "--real-guidance, --fake-updates, --fake-lr and --prompts need --mode dmd" in err
+
+
+def test_an_empty_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, "--prompts", empty, "--max-steps", 1)
+    assert code == 2 and err.count("\n") == 1 and "no prompts" in err, err
+    assert not (tmp_path / "o").exists()
