@@ -154,6 +154,13 @@ def test_student_runs_in_stock_diffusers_at_one_unet_call(dmd_run, tmp_path):
     assert m["config"]["guidance"] == 1.0 and m["metrics"]["unet_calls_per_image"] == 1
 
 
+def test_inspect_counts_one_call_at_the_recorded_guidance(dmd_run, cli):
+    code, out, err = cli("inspect", dmd_run / "student", "--json", "--batch-size", 1)
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["guidance"], r["unet_calls_per_image"], r["steps"]) == (1.0, 1, 1)
+
+
 def test_run_checkpoint_holds_the_fake_network_and_its_optimiser(dmd_run):
     from safetensors.torch import load_file
 
@@ -259,3 +266,19 @@ def test_an_empty_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):
     code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, "--prompts", empty, "--max-steps", 1)
     assert code == 2 and err.count("\n") == 1 and "no prompts" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_counts_the_fake_score_network(cli, tmp_path, test_shards):
+    from snapdistill.models.sd_configs import save_sd_configs
+
+    folder = save_sd_configs(tmp_path / "sd15", "sd15")
+    code, _, err = cli("distill-steps", "--mode", "dmd", "--teacher", folder, "--shards", test_shards, "--out",
+                       tmp_path / "o", "--resolution", 64, "--dry-run")
+    assert code == 0, err
+    row = next(ln for ln in err.splitlines() if "fake score network" in ln)
+    value, unit = row.split()[-2:]
+    # 859,520,964 parameters x 16 bytes (fp32 weights, grads, AdamW's two moments) = 12.8 GiB, plus activations.
+    assert unit == "GiB" and 12.8 <= float(value) < 14
+    code, _, err = cli("distill-steps", "--teacher", folder, "--shards", test_shards, "--out", tmp_path / "o",
+                       "--resolution", 64, "--dry-run")
+    assert code == 0 and "fake score network" not in err

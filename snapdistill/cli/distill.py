@@ -131,7 +131,8 @@ def _launch(config, stage_run, dry_run: bool, student_overrides: dict | None = N
     if checked_dry_run(config, dry_run):
         from snapdistill.distill.memory import describe, estimate_run
 
-        found = estimate_run(config.common, student_overrides=student_overrides)
+        found = estimate_run(config.common, student_overrides=student_overrides,
+                             fake_score=getattr(config, "mode", None) == "dmd")
         lines = describe(*found, config.common) if found else ["no memory estimate: a single-file checkpoint"]
         typer.echo("\n".join(lines), err=True)
         return

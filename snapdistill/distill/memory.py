@@ -16,9 +16,11 @@ from snapdistill.models.memory import (
 )
 
 
-def estimate_run(common, *, student_overrides: Mapping | None = None) -> tuple[dict, MemoryEstimate] | None:
+def estimate_run(common, *, student_overrides: Mapping | None = None,
+                 fake_score: bool = False) -> tuple[dict, MemoryEstimate] | None:
     """(counts, estimate) of a distillation run from the teacher's JSON configs, before any weight loads; None for
-    a single-file checkpoint (no configs to read)."""
+    a single-file checkpoint (no configs to read). `fake_score`: the run also trains a copy of the teacher's UNet
+    (--mode dmd)."""
     from snapdistill.distill.arch import student_config, unet_params
     from snapdistill.distill.stage import teacher_configs
     from snapdistill.models.loading import check_resolution, resolve_model, size_multiple
@@ -40,7 +42,11 @@ def estimate_run(common, *, student_overrides: Mapping | None = None) -> tuple[d
     estimate = estimate_memory(student_params=counts["student_params"], frozen_params=counts["frozen_params"],
                                mixed_precision=t.mixed_precision, optimizer=t.optimizer, ema=t.ema_decay > 0,
                                batch_size=t.batch_size, activation_bytes=acts,
-                               gradient_checkpointing=t.gradient_checkpointing)
+                               gradient_checkpointing=t.gradient_checkpointing,
+                               **(dict(second_params=unet_params(unet_cfg),
+                                       second_activation_bytes=saved_activation_bytes(
+                                           unet_cfg, size=size, vae_factor=vae_factor, checkpointing=False))
+                                  if fake_score else {}))
     return counts, estimate
 
 

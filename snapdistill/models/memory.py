@@ -34,27 +34,33 @@ class MemoryEstimate:
     activations: int
     activations_plain: int
     activations_checkpointed: int
+    second: int = 0          # a second trained network (a dmd fake score): weights, grads, AdamW and activations
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.ema + self.frozen + self.activations
+        return self.weights + self.grads + self.optimizer + self.ema + self.frozen + self.activations + self.second
 
     def rows(self) -> list[tuple[str, int]]:
+        second = [("fake score network (train + acts)", self.second)] if self.second else []
         return [("student weights (fp32)", self.weights), ("grads (fp32)", self.grads),
                 ("optimizer states", self.optimizer), ("EMA", self.ema), ("frozen teacher, VAE, text encoder", self.frozen),
-                ("activations", self.activations), ("total", self.total)]
+                ("activations", self.activations), *second, ("total", self.total)]
 
 
 def estimate_memory(*, student_params: int, frozen_params: int, mixed_precision: str, optimizer: str, ema: bool,
-                    batch_size: int, activation_bytes: Mapping[bool, int], gradient_checkpointing: bool) -> MemoryEstimate:
+                    batch_size: int, activation_bytes: Mapping[bool, int], gradient_checkpointing: bool,
+                    second_params: int = 0, second_activation_bytes: int = 0) -> MemoryEstimate:
     """The estimate from counts: `activation_bytes[checkpointing]` is per sample in fp32 (halved under mixed
-    precision, where autocast keeps most saved tensors in 16 bits)."""
+    precision, where autocast keeps most saved tensors in 16 bits). A second trained network of `second_params`
+    (a dmd fake score: fp32 weights, grads and torch AdamW, 16 bytes a parameter) adds its per-sample fp32
+    `second_activation_bytes` (it is trained in fp32, without checkpointing, while the student's graph is held)."""
     scale = DTYPE_BYTES[mixed_precision] / 4
     acts = {ckpt: int(activation_bytes[ckpt] * batch_size * scale) for ckpt in (False, True)}
     return MemoryEstimate(
         weights=4 * student_params, grads=4 * student_params, optimizer=STATE_BYTES[optimizer] * student_params,
         ema=4 * student_params if ema else 0, frozen=DTYPE_BYTES[mixed_precision] * frozen_params,
-        activations=acts[gradient_checkpointing], activations_plain=acts[False], activations_checkpointed=acts[True])
+        activations=acts[gradient_checkpointing], activations_plain=acts[False], activations_checkpointed=acts[True],
+        second=16 * second_params + second_activation_bytes * batch_size)
 
 
 class _FusedAttention(torch.autograd.Function):

@@ -23,7 +23,7 @@ TIMING_PROMPT = "a red circle on the left and a blue square at the top, white ba
 class InspectConfig:
     model: str                       # teacher name, pipeline folder or checkpoint file
     steps: int | None = None         # None: the student's recorded count, else 20 (as `sample`)
-    guidance: float = 7.5
+    guidance: float | None = None    # None: as `sample` (the student's recorded scale, else 7.5)
     batch_size: int = 4              # images in the timed batch (copies of TIMING_PROMPT) ...
     prompts: list[str] | None = None  # ... unless prompts are given
     size: int | None = None          # None: as `sample` (512, or the model's native size when smaller)
@@ -137,8 +137,8 @@ def inspect_model(config: InspectConfig) -> dict:
     settings, pipe.scheduler = resolve_settings(sample_config, pipe, model.path)
     decoder = use_decoder(pipe, model.path, config.decoder)
     unet = pipe.unet.config
-    timing = time_sampling(pipe, prompts, steps=settings["steps"],
-                           guidance=config.guidance, size=settings["size"])
+    guidance = settings["guidance"]
+    timing = time_sampling(pipe, prompts, steps=settings["steps"], guidance=guidance, size=settings["size"])
     memory = training_memory(pipe, batch_size=len(prompts), size=settings["size"],
                              mixed_precision={"fp32": "no"}.get(config.dtype, config.dtype))
     return {
@@ -146,9 +146,9 @@ def inspect_model(config: InspectConfig) -> dict:
         "training_memory": memory,
         "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
         "steps": settings["steps"],
-        "guidance": config.guidance,
+        "guidance": guidance,
         "guidance_embedding": unet.time_cond_proj_dim is not None,
-        "unet_calls_per_image": unet_calls_per_image(settings["steps"], config.guidance, unet.time_cond_proj_dim),
+        "unet_calls_per_image": unet_calls_per_image(settings["steps"], guidance, unet.time_cond_proj_dim),
         **timing,
         "decoder": decoder.get("decoder"),
         "decoder_parameters": decoder_parameters(pipe.vae),
