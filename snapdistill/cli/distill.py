@@ -218,7 +218,7 @@ def distill_steps(
         "--num-ddim-timesteps", help="consistency: N teacher timesteps of the skipping-step solver (k = 1000/N "
                                      "skipped per step; LCMScheduler's original_inference_steps) [default: 50].")] = None,
     real_guidance: Annotated[float | None, typer.Option(
-        "--real-guidance", help="dmd: CFG scale of the real score, the teacher's x0 prediction [default: 3.0].")] = None,
+        "--real-guidance", help="dmd: CFG scale of the real score, the teacher's x0 prediction [default: 1.5].")] = None,
     fake_updates: Annotated[int | None, typer.Option(
         "--fake-updates", help="dmd: fake score updates per generator update [default: 5].")] = None,
     fake_lr: Annotated[float | None, typer.Option(
@@ -243,7 +243,7 @@ def distill_steps(
 
       snapdistill distill-steps --mode consistency --teacher runs/guided/student --to 4 --loss huber --out runs/lcm4
 
-      snapdistill distill-steps --mode dmd --teacher sd15 --prompts prompts.txt --real-guidance 3 --out runs/dmd1
+      snapdistill distill-steps --mode dmd --teacher sd15 --prompts prompts.txt --out runs/dmd1
     """
     common = _common({**locals(), **shared})
     from snapdistill.distill import routes

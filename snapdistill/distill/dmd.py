@@ -116,7 +116,7 @@ class DMDLoss:
     generator: StudentKind
     schedule: NoiseSchedule
     latent_shape: tuple[int, int, int]
-    real_guidance: float = 3.0
+    real_guidance: float = 1.5
     fake_updates: int = 5
     generator_scale: float = 1.0
 
