@@ -282,3 +282,29 @@ def test_dry_run_counts_the_fake_score_network(cli, tmp_path, test_shards):
     code, _, err = cli("distill-steps", "--teacher", folder, "--shards", test_shards, "--out", tmp_path / "o",
                        "--resolution", 64, "--dry-run")
     assert code == 0 and "fake score network" not in err
+
+
+def test_step_distillation_flags_without_effect_are_named(cli, tmp_path, tiny_eps_dir, test_shards, monkeypatch):
+    from snapdistill.distill import stage as common_stage
+    from snapdistill.errors import SnapdistillError
+
+    def no_load(*a, **k):
+        raise SnapdistillError("stopped before loading")
+
+    monkeypatch.setattr(common_stage, "load_pipeline", no_load)
+    code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, "--shards", test_shards, "--guidance-range", "3-5",
+                          "--cfg-prob", 0.5)
+    assert code == 2 and err.splitlines() == ["warning: --cfg-prob has no effect with --mode dmd",
+                                              "warning: --guidance-range has no effect with --mode dmd",
+                                              "error: stopped before loading"], err
+
+
+def test_a_step_distilled_teacher_is_refused_in_one_line(cli, tmp_path, tiny_eps_dir, test_shards):
+    from snapdistill.models.student_record import StudentRecord
+
+    teacher = tmp_path / "p2"
+    shutil.copytree(tiny_eps_dir, teacher)
+    StudentRecord(stage="distill-steps", num_inference_steps=2, timesteps=[999, 499], mode="progressive").write(teacher)
+    code, _, err = _train(cli, tmp_path / "o", teacher, "--shards", test_shards, "--max-steps", 1)
+    assert code == 2 and err.count("\n") == 1 and "is a 2-step student; --mode dmd needs a teacher that denoises" in err
+    assert not (tmp_path / "o").exists()

@@ -43,7 +43,8 @@ def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
         stream, val = PromptLines(prompts, seed=seed, rank=state.process_index, world=state.num_processes), prompts
     else:
         shards = find_shards(common.shards)
-        stream, val = ShardCaptions(shards, seed=seed), first_captions(shards, common.val_prompts)
+        val = first_captions(shards, common.val_prompts) if common.val_prompts else []
+        stream = ShardCaptions(shards, seed=seed)
 
     def batches(skip: int):
         return stream.batches(common.train.batch_size, skip=skip)
