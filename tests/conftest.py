@@ -48,6 +48,24 @@ def cli(capsys, monkeypatch):
     return run
 
 
+@pytest.fixture(scope="session")
+def run_ok():
+    """Run `snapdistill ARGS...` in-process and require exit code 0: for module-scoped fixtures, which cannot use
+    `cli` (its capsys and monkeypatch are per test). Output is not captured."""
+    from snapdistill.cli import main
+
+    def run(*args) -> None:
+        old, sys.argv = sys.argv, ["snapdistill", *map(str, args)]
+        try:
+            main()
+        except SystemExit as e:  # click ends a standalone run with exit code 0
+            assert not e.code, e.code
+        finally:
+            sys.argv = old
+
+    return run
+
+
 def write_test_shards(folder, n: int = 24, per_shard: int = 8, size: int = 32):
     """Shards in build-data's layout (`{prefix}-%06d.tar`: jpg, txt, json) plus a manifest."""
     import io

@@ -150,22 +150,11 @@ def _train(cli, out, teacher, shards, *extra):
 
 
 @pytest.fixture(scope="module")
-def lcm_run(tmp_path_factory, tiny_eps_dir, test_shards):
-    import sys
-
-    from snapdistill.cli import main
-
+def lcm_run(tmp_path_factory, tiny_eps_dir, test_shards, run_ok):
     out = tmp_path_factory.mktemp("lcm") / "run"
-    argv = ["snapdistill", "distill-steps", "--mode", "consistency", "--teacher", str(tiny_eps_dir), "--shards",
-            str(test_shards), "--out", str(out), "--to", "4", "--num-ddim-timesteps", "8", "--batch-size", "2",
-            "--cond-dim", "32", "--max-steps", "2", "--checkpoint-every", "1", "--lr", "1e-3", "--warmup-steps", "1"]
-    old, sys.argv = sys.argv, argv
-    try:
-        main()
-    except SystemExit as e:  # click ends a standalone run with exit code 0
-        assert not e.code, e.code
-    finally:
-        sys.argv = old
+    run_ok("distill-steps", "--mode", "consistency", "--teacher", tiny_eps_dir, "--shards", test_shards, "--out", out,
+           "--to", 4, "--num-ddim-timesteps", 8, "--batch-size", 2, "--cond-dim", 32, "--max-steps", 2,
+           "--checkpoint-every", 1, "--lr", "1e-3", "--warmup-steps", 1)
     return out
 
 

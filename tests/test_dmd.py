@@ -105,22 +105,11 @@ def _train(cli, out, teacher, *extra):
 
 
 @pytest.fixture(scope="module")
-def dmd_run(tmp_path_factory, tiny_eps_dir, test_shards):
-    import sys
-
-    from snapdistill.cli import main
-
+def dmd_run(tmp_path_factory, tiny_eps_dir, test_shards, run_ok):
     out = tmp_path_factory.mktemp("dmd") / "run"
-    argv = ["snapdistill", "distill-steps", "--mode", "dmd", "--teacher", str(tiny_eps_dir), "--shards",
-            str(test_shards), "--out", str(out), "--batch-size", "2", "--max-steps", "2", "--checkpoint-every", "1",
-            "--lr", "1e-3", "--warmup-steps", "1", "--fake-updates", "2", "--val-prompts", "2"]
-    old, sys.argv = sys.argv, argv
-    try:
-        main()
-    except SystemExit as e:  # click ends a standalone run with exit code 0
-        assert not e.code, e.code
-    finally:
-        sys.argv = old
+    run_ok("distill-steps", "--mode", "dmd", "--teacher", tiny_eps_dir, "--shards", test_shards, "--out", out,
+           "--batch-size", 2, "--max-steps", 2, "--checkpoint-every", 1, "--lr", "1e-3", "--warmup-steps", 1,
+           "--fake-updates", 2, "--val-prompts", 2)
     return out
 
 
