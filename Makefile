@@ -191,8 +191,9 @@ $(R)/consistency-base/manifest.json: $(R)/shards-clean/manifest.json
 		--max-steps $$(($(GUIDED_STEPS) + $(CONSISTENCY_STEPS))) $(TRAIN_FLAGS) --overwrite --out $(R)/consistency-base
 
 # The 1-step generator by distribution matching, for the bench: from the base teacher and the shards' captions
-# alone (no image is decoded), at the default real guidance 1.5 and 5 fake updates per step; 1,500 steps of 16 take
-# about 21 minutes on 2 cores, and --max-minutes caps them at 25 (README, "One step by distribution matching").
+# alone (no image is decoded), at the default real guidance 1.5 and 5 fake updates per step; 1,500 steps of 16 took
+# 1,240 s on 2 cores at 7fb2eed (toy FID 294.7, Q1_dmd 0.774), and --max-minutes caps them at 25 (README, "One step
+# by distribution matching").
 DMD_STEPS ?= 1500
 DMD_FLAGS ?= --batch-size 16 --checkpoint-every 250 --max-minutes 25
 $(R)/dmd1/manifest.json: $(R)/shards-clean/manifest.json
