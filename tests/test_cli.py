@@ -45,3 +45,12 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(cli, tmp_path, ar
 def test_dry_run_still_refuses_bad_settings(cli, tmp_path):
     code, _, err = cli("build-data", "--source", "toy:16", "--resolution", "0", "--out", tmp_path / "o", "--dry-run")
     assert code == 2 and "--resolution must be a positive integer" in err and not (tmp_path / "o").exists()
+
+
+def test_help_keeps_the_bracketed_defaults(cli):
+    """Typer's rich markup would eat an unescaped "[default: ...]" in a help string (it reads as a style tag)."""
+    import re
+
+    code, out, _ = cli("distill-steps", "--help")
+    flat = re.sub(r"[\s│]+", "", out)  # the help column wraps with the terminal's width
+    assert code == 0 and "[default:1.5]" in flat and "[default:huber]" in flat

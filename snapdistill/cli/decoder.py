@@ -32,10 +32,10 @@ def distill_decoder(
         "--latents-from", help="images: the teacher encoder on the shards; sample: a sampler on their captions; "
                                 "mix: half of each batch from either.")] = "mix",
     sampler: Annotated[str | None, typer.Option(
-        "--sampler", help="With --latents-from sample or mix: the teacher or student sampled [default: --teacher].")] = None,
+        "--sampler", help="With --latents-from sample or mix: the teacher or student sampled \\[default: --teacher].")] = None,
     sample_count: Annotated[int, typer.Option("--sample-count", help="Latents sampled once, before training.")] = 1024,
     sample_steps: Annotated[int | None, typer.Option(
-        "--sample-steps", help="Their steps [default: a student's own, else 16].")] = None,
+        "--sample-steps", help="Their steps \\[default: a student's own, else 16].")] = None,
     into: Annotated[Path | None, typer.Option(
         "--into", help="A student folder: also write OUT/student, the student with the small decoder as vae/.")] = None,
     **shared,

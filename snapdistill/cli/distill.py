@@ -177,17 +177,17 @@ def distill_steps(
     shards: Shards = Path("runs/toy/shards"),
     out: Out = Path("runs/steps"),
     from_steps: Annotated[int | None, typer.Option(
-        "--from", help="Teacher steps N [default: 16; --mode consistency takes none].")] = None,
+        "--from", help="Teacher steps N \\[default: 16; --mode consistency takes none].")] = None,
     to_steps: Annotated[int | None, typer.Option(
         "--to", help="Student steps M (divides N); with --mode consistency, the student's default step count "
-                     "(it samples any count up to --num-ddim-timesteps); --mode dmd: 1 [default: 8; dmd: 1].")] = None,
+                     "(it samples any count up to --num-ddim-timesteps); --mode dmd: 1 \\[default: 8; dmd: 1].")] = None,
     mode: Annotated[str, typer.Option(
         "--mode", help="direct (one stage N->M), progressive (N->N/2->...->M), consistency (latent consistency "
                        "distillation, sampled with LCMScheduler) or dmd (a 1-step generator by distribution "
                        "matching, from prompts alone).")] = "direct",
     target_space: Annotated[str | None, typer.Option(
         "--target-space", help="The parametrisation the landing target is regressed in: x0 (max(SNR, 1) weighted), "
-                               "eps or v [default: the student's own output (eps or v) when the round's teacher is a "
+                               "eps or v \\[default: the student's own output (eps or v) when the round's teacher is a "
                                "step-distilled student of at most 4 steps; else x0].")] = None,
     cfg_prob: Annotated[float, typer.Option("--cfg-prob", help="Share of CFG-aware batches.")] = 0.1,
     cfg_range: Annotated[str, typer.Option("--guidance-range", "--cfg-range",
@@ -201,28 +201,28 @@ def distill_steps(
     teacher_substeps: Annotated[int | None, typer.Option(
         "--teacher-substeps", help="Solver substeps per teacher step in the landing target (1: the teacher's own "
                                    "N-step trajectory; more: closer to its ODE, at that many times the teacher calls) "
-                                   "[default: 1 when the round's teacher is a step-distilled student of at most 4 "
+                                   "\\[default: 1 when the round's teacher is a step-distilled student of at most 4 "
                                    "steps, which knows only its own coarse grid; else 2].")] = None,
     teacher_solver: Annotated[str | None, typer.Option(
         "--teacher-solver", help="The teacher's solver in the landing target: dpmsolver++ (second order, 2M, on each "
-                                 "landing's own substeps) or ddim [default: ddim when the round's teacher is a "
+                                 "landing's own substeps) or ddim \\[default: ddim when the round's teacher is a "
                                  "step-distilled student of at most 4 steps (its own sampler); else dpmsolver++].")] = None,
     loss: Annotated[str | None, typer.Option(
         "--loss", help="consistency: distance between online and target outputs, huber (pseudo-Huber) or l2 "
-                       "[default: huber].")] = None,
+                       "\\[default: huber].")] = None,
     huber_c: Annotated[float | None, typer.Option(
-        "--huber-c", help="consistency: the pseudo-Huber c [default: 0.001].")] = None,
+        "--huber-c", help="consistency: the pseudo-Huber c \\[default: 0.001].")] = None,
     target_ema: Annotated[float | None, typer.Option(
-        "--target-ema", help="consistency: EMA rate mu of the target network [default: 0.95].")] = None,
+        "--target-ema", help="consistency: EMA rate mu of the target network \\[default: 0.95].")] = None,
     num_ddim_timesteps: Annotated[int | None, typer.Option(
         "--num-ddim-timesteps", help="consistency: N teacher timesteps of the skipping-step solver (k = 1000/N "
-                                     "skipped per step; LCMScheduler's original_inference_steps) [default: 50].")] = None,
+                                     "skipped per step; LCMScheduler's original_inference_steps) \\[default: 50].")] = None,
     real_guidance: Annotated[float | None, typer.Option(
-        "--real-guidance", help="dmd: CFG scale of the real score, the teacher's x0 prediction [default: 1.5].")] = None,
+        "--real-guidance", help="dmd: CFG scale of the real score, the teacher's x0 prediction \\[default: 1.5].")] = None,
     fake_updates: Annotated[int | None, typer.Option(
-        "--fake-updates", help="dmd: fake score updates per generator update [default: 5].")] = None,
+        "--fake-updates", help="dmd: fake score updates per generator update \\[default: 5].")] = None,
     fake_lr: Annotated[float | None, typer.Option(
-        "--fake-lr", help="dmd: the fake score network's AdamW rate (constant) [default: --lr].")] = None,
+        "--fake-lr", help="dmd: the fake score network's AdamW rate (constant) \\[default: --lr].")] = None,
     prompts: Annotated[Path | None, typer.Option(
         "--prompts", help="dmd: a text file of prompts, one a line, read instead of the shards' captions.")] = None,
     **shared,

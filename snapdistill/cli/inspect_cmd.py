@@ -17,7 +17,7 @@ def inspect(
     model: Annotated[str, typer.Argument(help="toy, sd15, sd21, sd21-base, a pipeline or student folder, or a checkpoint file.")],
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (default: a student's own count, else 20).")] = None,
     guidance: Annotated[float | None, typer.Option(
-        "--guidance", help="Guidance scale s [default: 7.5, or the scale a student records (a dmd generator: 1)].")] = None,
+        "--guidance", help="Guidance scale s \\[default: 7.5, or the scale a student records (a dmd generator: 1)].")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images in the timed batch.")] = 4,
     size: Annotated[int | None, typer.Option("--size", help="Image side (default: as `sample`: 512, or a smaller native size).")] = None,
     dtype: Dtype = "fp32",

@@ -14,7 +14,7 @@ Teacher = Annotated[
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="fp32, fp16 (GPU only) or bf16.")]
-Device = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu... [default: cuda if available]")]
+Device = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu... \\[default: cuda if available]")]
 AllowDownload = Annotated[
     bool, typer.Option("--allow-download", help="Let a known teacher name download from the Hugging Face hub.")
 ]
@@ -52,7 +52,7 @@ Resume = Annotated[str | None, typer.Option("--resume", help="'latest' or a chec
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a finished or unfinished run in --out.")]
 Resolution = Annotated[int | None, typer.Option(
     "--resolution", help="Training image side (a multiple of VAE factor x 2^(UNet down blocks - 1): 64 for SD). "
-                         "Validation, the student's defaults and `sample` follow it. [default: the teacher's native size]")]
+                         "Validation, the student's defaults and `sample` follow it. \\[default: the teacher's native size]")]
 ValPrompts = Annotated[int, typer.Option("--val-prompts", help="Rows of the validation grids (0: no grids).")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="adamw, or adamw8bit (bitsandbytes, CUDA only).")]
 ReportTo = Annotated[str, typer.Option("--report-to", help="none, tensorboard (to RUN/logs) or wandb.")]

@@ -21,12 +21,12 @@ def sample(
     hps_benchmark: Annotated[Path | None, typer.Option("--hps-benchmark", help="Folder with anime/concept-art/paintings/photo.json.")] = None,
     toy_val: Annotated[int | None, typer.Option("--toy-val", help="The first N toy-world val captions.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N prompts (per style for HPS).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps [default: a student's own count, else 20].")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps \\[default: a student's own count, else 20].")] = None,
     guidance: Annotated[float | None, typer.Option(
-        "--guidance", help="Guidance scale s [default: 7.5; a student that records its own (a --mode dmd generator, "
+        "--guidance", help="Guidance scale s \\[default: 7.5; a student that records its own (a --mode dmd generator, "
                            "guidance baked in: 1), that one].")] = None,
-    size: Annotated[int | None, typer.Option("--size", help="Image side [default: 512; the toy world keeps its native size].")] = None,
-    scheduler: Annotated[str | None, typer.Option("--scheduler", help="dpmsolver++, ddim, euler or lcm [default: a student's own, else dpmsolver++].")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Image side \\[default: 512; the toy world keeps its native size].")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="dpmsolver++, ddim, euler or lcm \\[default: a student's own, else dpmsolver++].")] = None,
     spacing: Annotated[str, typer.Option("--timestep-spacing", help="trailing, leading or linspace.")] = "trailing",
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Negative prompt for every image.")] = None,
     seed: Seed = 0,
