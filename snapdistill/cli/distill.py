@@ -224,7 +224,8 @@ def distill_steps(
     fake_lr: Annotated[float | None, typer.Option(
         "--fake-lr", help="dmd: the fake score network's AdamW rate (constant) \\[default: --lr].")] = None,
     prompts: Annotated[Path | None, typer.Option(
-        "--prompts", help="dmd: a text file of prompts, one a line, read instead of the shards' captions.")] = None,
+        "--prompts", help="dmd: a prompt file read instead of the shards' captions (as sample's --prompts: .txt one a "
+                      "line, .json a list, .jsonl objects with \"prompt\").")] = None,
     **shared,
 ) -> None:
     """Stage 2: a student takes one step where its teacher took N/M (teacher: a base model or a stage-1 student).
@@ -255,8 +256,6 @@ def distill_steps(
     given = {k: v for k, v in {"real_guidance": real_guidance, "fake_updates": fake_updates, "fake_lr": fake_lr,
                                "prompts": prompts}.items() if v is not None}
     dmd = DMDConfig(**given) if given or mode == "dmd" else None
-    if to_steps is None:
-        to_steps = 1 if mode == "dmd" else 8
     config = StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                          target_space=target_space, cfg_prob=cfg_prob,
                          cfg_range=parse_range(cfg_range, "--guidance-range"), gamma=gamma,

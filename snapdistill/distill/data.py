@@ -166,44 +166,18 @@ class ShardCaptions(ShardPairs):
         return [c for (c,) in items]
 
 
-def read_prompt_file(path: Path) -> list[str]:
-    """The prompts of a plain text file, one a line (blank lines skipped); one line naming the file when it cannot
-    be read or holds none."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SnapdistillError(f"{path}: prompt file not found; give a text file with one prompt a line") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnapdistillError(f"{path}: unreadable prompt file ({e.__class__.__name__}); give a UTF-8 text file "
-                               "with one prompt a line") from None
-    prompts = [ln.strip() for ln in lines if ln.strip()]
-    if not prompts:
-        raise SnapdistillError(f"{path}: no prompts (the file is empty); give one prompt a line")
-    return prompts
-
-
-class PromptLines:
-    """An endless, seeded stream of batches of prompts from a list (a prompt file): each epoch a shuffle that is a
-    pure function of (seed, epoch), so a resumed run skips exactly what it consumed. With several processes each
-    takes every world-th prompt."""
+class PromptLines(ShardCaptions):
+    """The caption stream of a list of prompts (a prompt file): each epoch a shuffle that is a pure function of
+    (seed, epoch), batched and skipped on resume by `ShardPairs.batches`. With several processes each takes every
+    world-th prompt."""
 
     def __init__(self, prompts: list[str], *, seed: int = 0, rank: int = 0, world: int = 1):
-        self.prompts, self.seed = list(prompts)[rank::world], seed
+        super().__init__([], seed=seed)
+        self.prompts = list(prompts)[rank::world]
         if not self.prompts:
             raise SnapdistillError(f"{world} processes and {len(prompts)} prompts: each process needs at least one")
 
-    def batches(self, batch_size: int, *, skip: int = 0) -> Iterator[list[str]]:
-        epoch, seen, items = 0, 0, []
-        while True:
-            order = self.prompts[:]
-            random.Random(self.seed * 100_003 + epoch).shuffle(order)
-            for prompt in order:
-                seen += 1
-                if seen <= skip:
-                    continue
-                items.append(prompt)
-                if len(items) == batch_size:
-                    yield items
-                    items = []
-            epoch += 1
+    def _epoch(self, epoch: int) -> Iterator[tuple]:
+        order = self.prompts[:]
+        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        yield from ((prompt,) for prompt in order)

@@ -18,27 +18,21 @@ from pathlib import Path
 from snapdistill.distill.steps_config import StepsConfig
 
 
-def one_step_scheduler(teacher_scheduler, prediction_type: str):
-    """A trailing DDIM at one step (t = T − 1) whose step returns the model's x0 exactly (set_alpha_to_one)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(dict(teacher_scheduler.config), timestep_spacing="trailing",
-                                     prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=True)
-
-
 def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
     """(batches(skip), prepare(raw, gen) -> PromptBatch, the validation prompts): captions from --prompts or the
     shards, with the caption dropout of the other routes."""
     import torch
 
     from snapdistill.dist import process_state
-    from snapdistill.distill.data import PromptLines, ShardCaptions, find_shards, read_prompt_file
+    from snapdistill.distill.data import PromptLines, ShardCaptions, find_shards
     from snapdistill.distill.dmd import PromptBatch
     from snapdistill.distill.run import first_captions
+    from snapdistill.distill.stage import drop_captions
+    from snapdistill.sampling.prompts import prompts_from_file
 
     common = config.common
     if config.dmd.prompts is not None:
-        prompts = read_prompt_file(config.dmd.prompts)
+        prompts = prompts_from_file(config.dmd.prompts)
         state = process_state()
         stream, val = PromptLines(prompts, seed=seed, rank=state.process_index, world=state.num_processes), prompts
     else:
@@ -50,9 +44,7 @@ def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
         return stream.batches(common.train.batch_size, skip=skip)
 
     def prepare(captions: list[str], gen: torch.Generator) -> PromptBatch:
-        drop = torch.rand(len(captions), generator=gen) < common.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        return PromptBatch(cond=text(captions), uncond=text([""]))
+        return PromptBatch(cond=text(drop_captions(captions, common.caption_dropout, gen)), uncond=text([""]))
 
     return batches, prepare, val
 
@@ -71,7 +63,7 @@ def run(config: StepsConfig) -> Path | None:
         train_and_save,
         train_size,
     )
-    from snapdistill.distill.student import copy_student, student_prediction_type
+    from snapdistill.distill.student import copy_student, student_prediction_type, student_scheduler
     from snapdistill.errors import SnapdistillError
     from snapdistill.models.encoding import TextEmbeddings
     from snapdistill.models.student_record import StudentRecord
@@ -106,7 +98,8 @@ def run(config: StepsConfig) -> Path | None:
                    real_guidance=dmd.real_guidance, fake_updates=dmd.fake_updates, generator_scale=baked)
     batches, prepare, val = prompt_data(config, TextEmbeddings(pipe.tokenizer, pipe.text_encoder),
                                         seed=common.train.seed)
-    scheduler = one_step_scheduler(pipe.scheduler, student_type)
+    # Trailing DDIM at one step (t = T − 1), as every step student; its final ᾱ is 1, so the step returns G's x0.
+    scheduler = student_scheduler(pipe.scheduler, steps=1, prediction_type=student_type, set_alpha_to_one=True)
     scheduler.set_timesteps(1)
     record = StudentRecord(stage="distill-steps", num_inference_steps=1, timesteps=[int(scheduler.timesteps[0])],
                            mode="dmd", guidance_embedding=w_dim is not None, prediction_type=student_type,

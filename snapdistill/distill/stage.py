@@ -167,6 +167,16 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def caption_drops(n: int, caption_dropout: float, gen: torch.Generator) -> torch.Tensor:
+    """Which of n captions are replaced by the empty one (trains the unconditional branch): one draw from `gen`."""
+    return torch.rand(n, generator=gen) < caption_dropout
+
+
+def drop_captions(captions: list[str], caption_dropout: float, gen: torch.Generator) -> list[str]:
+    """The captions with `caption_drops` of them emptied."""
+    return ["" if d else c for c, d in zip(captions, caption_drops(len(captions), caption_dropout, gen).tolist())]
+
+
 def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int], Iterator], Callable]:
     """(batches(skip) of raw (pixels, captions), prepare(raw, gen) -> Batch on the teacher's device).
 
@@ -185,13 +195,12 @@ def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int],
 
     def prepare(raw, gen: torch.Generator) -> Batch:
         pixels, captions = raw
-        drop = torch.rand(len(captions), generator=gen) < common.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        captions = drop_captions(captions, common.caption_dropout, gen)
         return Batch(latents=encode_latents(pipe.vae, pixels), cond=text(captions), uncond=text([""]))
 
     def prepare_cached(raw, gen: torch.Generator) -> Batch:
         latents, embeddings = raw
-        drop = torch.rand(len(latents), generator=gen) < common.caption_dropout
+        drop = caption_drops(len(latents), common.caption_dropout, gen)
         uncond = text([""])
         cond = torch.where(drop[:, None, None].to(uncond.device), uncond, embeddings.to(uncond.device))
         return Batch(latents=latents.to(pipe.device), cond=cond, uncond=uncond)

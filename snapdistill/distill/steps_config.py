@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from snapdistill.distill.consistency import check_distance
-from snapdistill.distill.data import read_prompt_file
 from snapdistill.distill.losses import check_guidance_range, check_solver, check_space
 from snapdistill.distill.stage import CommonConfig
 from snapdistill.errors import SnapdistillError
+from snapdistill.sampling.prompts import prompts_from_file
 
 
 @dataclass
@@ -51,7 +51,8 @@ class DMDConfig:
     #                                     0.996 at 2, 512.3 / 0.998 at 1.5, 511.0 / 0.982 at 1 (no CFG)
     fake_updates: int = 5               # fake score updates per generator update (DMD2: 5 to 10)
     fake_lr: float | None = None        # the fake score's AdamW rate; None: the generator's --lr
-    prompts: Path | None = None         # a prompt file, one a line; None: the shards' captions
+    prompts: Path | None = None         # a prompt file as `sample --prompts` reads it (.txt one a line, .json, .jsonl);
+    #                                     None: the shards' captions
 
     def check(self, from_steps: int | None, to_steps: int) -> None:
         """Refuse impossible settings with one line, before the teacher loads."""
@@ -67,12 +68,15 @@ class DMDConfig:
         if not (math.isfinite(self.real_guidance) and self.real_guidance >= 1):
             raise SnapdistillError(f"--real-guidance must be a finite number >= 1 (1: no guidance), got "
                                    f"{self.real_guidance}")
-        if self.prompts is not None:
-            read_prompt_file(self.prompts)  # missing, unreadable or empty: one line now, not after the teacher loads
+        if self.prompts is not None:  # missing, unreadable or empty: one line now, not after the teacher loads
+            if not Path(self.prompts).is_file():
+                raise SnapdistillError(f"{self.prompts}: prompt file not found; give a text file with one prompt a line")
+            prompts_from_file(self.prompts)
 
 
 MODES = ("direct", "progressive", "consistency", "dmd")
 DEFAULT_FROM = 16
+DEFAULT_TO = 8
 # A round's (teacher substeps, solver, target space) where --teacher-substeps / --teacher-solver / --target-space are
 # not given, by the round's teacher. A step-distilled teacher of at most ON_GRID_MAX_STEPS steps (the end of a
 # progressive chain) was trained only on its own coarse grid and is sampled by DDIM there: its target is its own
@@ -103,7 +107,7 @@ DENOISER_TEACHER_LANDING = Landing(2, "dpmsolver++", "x0")
 class StepsConfig:
     common: CommonConfig
     from_steps: int | None = None                       # None: 16 (direct, progressive); consistency takes none
-    to_steps: int = 8
+    to_steps: int | None = None                         # None: 8 (1 for dmd)
     mode: str = "direct"                                # direct | progressive | consistency | dmd
     target_space: str | None = None                     # x0 | eps | v (DESIGN.md §3); None: by the round's teacher
     cfg_prob: float = 0.1                               # share of CFG-aware batches (SnapFusion §4.2)
@@ -124,6 +128,8 @@ class StepsConfig:
             self.dmd = DMDConfig()
         if self.mode not in ("consistency", "dmd") and self.from_steps is None:
             self.from_steps = DEFAULT_FROM
+        if self.to_steps is None:
+            self.to_steps = 1 if self.mode == "dmd" else DEFAULT_TO
 
     def check(self) -> None:
         """Refuse impossible settings with one line, before the teacher loads or anything is written."""

@@ -85,9 +85,10 @@ def save_student(folder: Path, *, teacher_dir: Path, unet, scheduler, record: St
     return folder
 
 
-def student_scheduler(teacher_scheduler, *, steps: int | None, prediction_type: str):
+def student_scheduler(teacher_scheduler, *, steps: int | None, prediction_type: str, **overrides):
     """The scheduler saved with a student, in the student's prediction type: trailing DDIM for a
-    step-distilled student (the sampler its grid was trained on), else the teacher's own kind."""
+    step-distilled student (the sampler its grid was trained on), else the teacher's own kind. `overrides` are
+    further DDIM settings (a dmd generator's set_alpha_to_one)."""
     from diffusers import DDIMScheduler
 
     config = dict(teacher_scheduler.config)
@@ -96,4 +97,4 @@ def student_scheduler(teacher_scheduler, *, steps: int | None, prediction_type: 
     # Latents are never clipped. A DPM-Solver teacher config has no clip_sample, and DDIM's default (True)
     # would otherwise be set here and only undone, with a deprecation warning, by the pipeline.
     return DDIMScheduler.from_config(config, timestep_spacing="trailing", prediction_type=prediction_type,
-                                     clip_sample=False)
+                                     clip_sample=False, **overrides)
