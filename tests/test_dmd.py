@@ -13,9 +13,12 @@ from snapdistill.diffusion import NoiseSchedule, Prediction
 from snapdistill.distill.dmd import (
     DMDLoss,
     FakeScore,
+    GANHead,
     PromptBatch,
     denoising_loss,
     dmd_gradient,
+    gan_generator_loss,
+    gan_head_loss,
     generator_loss,
     score_timesteps,
 )
@@ -95,6 +98,83 @@ def test_generator_gradient_vanishes_when_the_fake_score_is_the_real_one():
     before = float(fake.unet.c.detach())
     per_sample = loss(_Const(0.1), batch, torch.Generator().manual_seed(2))
     assert per_sample.shape == (3,) and float(fake.unet.c.detach()) != before and math.isfinite(fake.last_loss)
+
+
+def test_gan_losses_hand_computed():
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    # softplus(-l) = -log sigmoid(l): log 2 at 0.
+    torch.testing.assert_close(gan_generator_loss(logits), torch.tensor([math.log(2), math.log1p(math.exp(-2)),
+                                                                         math.log1p(math.e)]))
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-2.0, 0.0])
+    expected = (math.log1p(math.exp(-1)) + math.log1p(math.exp(-3))) / 2 + (math.log1p(math.exp(-2)) + math.log(2)) / 2
+    assert gan_head_loss(real, fake).item() == pytest.approx(expected, rel=1e-6)
+    head = GANHead(64)
+    assert head(torch.randn(3, 64, 4, 4)).shape == (3,) and head(torch.randn(2, 64, 1, 1)).shape == (2,)
+
+
+class _Recorder(torch.nn.Module):
+    """A 'UNet' (v output a constant c) that records each call's timesteps and whether it carried gradient."""
+
+    def __init__(self, c=0.1):
+        super().__init__()
+        self.c, self.calls = torch.nn.Parameter(torch.tensor(float(c))), []
+
+    def forward(self, z, t, encoder_hidden_states=None, timestep_cond=None, return_dict=False):
+        self.calls.append((t.tolist() if t.ndim else [int(t)] * z.shape[0], torch.is_grad_enabled()))
+        return (torch.zeros_like(z) + self.c,)
+
+
+def test_multi_step_generator_is_trained_on_the_inputs_its_sampler_sees():
+    from snapdistill.diffusion import DiffusionModel, noisy
+    from snapdistill.distill.guided import Guided
+
+    loss = DMDLoss(real=Guided(DiffusionModel(_Const(0.3), SD, "epsilon"), None),
+                   fake=FakeScore(_Const(0.3), StudentKind("epsilon", None), SD, lr=1e-3),
+                   generator=StudentKind("v_prediction", None), schedule=SD, latent_shape=(4, 2, 2),
+                   grid=(999, 749, 499, 249))
+    batch = PromptBatch(cond=torch.zeros(64, 1, 8), uncond=torch.zeros(1, 1, 8))
+    g = _Recorder()
+    x = loss.sample(g, batch, torch.Generator().manual_seed(0))
+    assert x.requires_grad and x.shape == (64, 4, 2, 2)
+    # Backward simulation: the no-gradient chain walks the grid from 999; the one call with gradient sees each
+    # sample at its own grid step, every step drawn in a batch of 64.
+    simulated, (last, with_grad) = g.calls[:-1], g.calls[-1]
+    assert [c[0][0] for c in simulated] == [999, 749, 499][:len(simulated)] and not any(c[1] for c in simulated)
+    assert with_grad and set(last) == {999, 749, 499, 249}
+    # A sample at step k = 1 got exactly: noise -> x0 at 999 -> re-noised at 749 with the next draw of the generator.
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn((64, 4, 2, 2), generator=gen)
+    k = torch.randint(0, 4, (64,), generator=gen)
+    run = StudentKind("v_prediction", None).on(_Recorder(), SD)
+    ones = torch.ones(64)
+    x0 = run(noise, torch.full((64,), 999), batch.cond, batch.uncond, ones).x0
+    z1, _, _, _ = noisy(SD, x0, torch.full((64,), 749), gen)
+    expected = run(z1, torch.full((64,), 749), batch.cond, batch.uncond, ones).x0
+    i = int((k == 1).nonzero()[0])
+    torch.testing.assert_close(x[i], expected[i])
+    assert torch.equal(torch.tensor(last), torch.tensor([999, 749, 499, 249])[k])
+
+
+def test_the_gan_term_moves_the_generator_not_the_fake_network():
+    from snapdistill.diffusion import DiffusionModel
+    from snapdistill.distill.guided import Guided
+    from snapdistill.models.tiny import tiny_components
+
+    unet = tiny_components(seed=0)["unet"]
+    head = GANHead(unet.config.block_out_channels[-1])
+    fake = FakeScore(unet, StudentKind("epsilon", None), SD, lr=1e-3, head=head, head_weight=0.5)
+    loss = DMDLoss(real=Guided(DiffusionModel(_Const(0.3), SD, "epsilon"), None), fake=fake,
+                   generator=StudentKind("epsilon", None), schedule=SD, latent_shape=(4, 8, 8), gan_weight=1e-2,
+                   fake_updates=1)
+    cond = torch.randn(2, 77, unet.config.cross_attention_dim)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    loss.gan_term(x, PromptBatch(cond=cond, uncond=cond[:1]), torch.Generator().manual_seed(0)).sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in fake.module.parameters())
+    assert all(p.requires_grad for p in fake.module.parameters())
+    # The fake network's update trains the head on real latents: its weights move and its loss is recorded.
+    before = [p.detach().clone() for p in head.parameters()]
+    fake.update(x.detach(), cond, cond[:1], torch.Generator().manual_seed(1), real=torch.randn(2, 4, 8, 8))
+    assert math.isfinite(fake.last_head_loss) and any(not torch.equal(a, p) for a, p in zip(before, head.parameters()))
 
 
 # ---- a tiny run through the CLI ----------------------------------------------------------------------------------
@@ -210,6 +290,85 @@ def test_from_a_prompt_file_no_image_is_read(cli, tmp_path, tiny_eps_dir, monkey
     assert (out / "val" / "step-0000002.png").is_file()
 
 
+@pytest.fixture(scope="module")
+def dmd2_gan_run(tmp_path_factory, tiny_eps_dir, test_shards, run_ok):
+    out = tmp_path_factory.mktemp("dmd2") / "run"
+    run_ok("distill-steps", "--mode", "dmd", "--to", 2, "--gan-weight", "1e-2", "--teacher", tiny_eps_dir, "--shards",
+           test_shards, "--out", out, "--batch-size", 2, "--max-steps", 2, "--checkpoint-every", 1, "--lr", "1e-3",
+           "--warmup-steps", 1, "--fake-updates", 2, "--val-prompts", 2)
+    return out
+
+
+def test_two_step_student_samples_in_stock_diffusers_as_it_was_trained(dmd2_gan_run):
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    from snapdistill.diffusion import noisy
+    from snapdistill.distill.guided import StudentKind
+
+    folder = dmd2_gan_run / "student"
+    info = json.loads((folder / "snapdistill.json").read_text())
+    assert (info["mode"], info["num_inference_steps"], info["timesteps"]) == ("dmd", 2, [999, 499])
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda _m, a, k: seen.append(int(a[1] if len(a) > 1 else k["timestep"])),
+                                        with_kwargs=True)
+    latent = pipe(["a red square"], guidance_scale=1.0, num_inference_steps=2, height=32, width=32,
+                  output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    assert seen == [999, 499]
+    # The training chain by hand: x0 at 999 from the pipeline's first noise draw, re-noised to 499 with the second.
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn((1, 4, 8, 8), generator=gen)
+    cond = pipe.encode_prompt(["a red square"], "cpu", 1, False)[0]
+    run = StudentKind(info["prediction_type"], None).on(pipe.unet, SD)
+    with torch.no_grad():
+        x0 = run(noise, torch.tensor([999]), cond, cond, torch.ones(1)).x0
+        z = noisy(SD, x0, torch.tensor([499]), gen)[0]
+        expected = run(z, torch.tensor([499]), cond, cond, torch.ones(1)).x0
+    torch.testing.assert_close(latent, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_gan_head_is_checkpointed_with_the_fake_network(dmd2_gan_run):
+    from safetensors.torch import load_file
+
+    from snapdistill.distill.loop import latest_checkpoint
+
+    extra = load_file(latest_checkpoint(dmd2_gan_run) / "extra.safetensors")
+    assert any(k.startswith("head.") for k in extra) and any(k.startswith("unet.") for k in extra)
+    assert json.loads((dmd2_gan_run / "manifest.json").read_text())["config"]["dmd"]["gan_weight"] == 0.01
+
+
+def test_resume_of_a_multi_step_gan_run_is_bitwise(cli, tmp_path, tiny_eps_dir, test_shards):
+    from safetensors.torch import load_file
+
+    flags = ("--shards", test_shards, "--max-steps", 3, "--checkpoint-every", 1, "--lr", "1e-3", "--warmup-steps", 1,
+             "--to", 4, "--gan-weight", "1e-2")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert _train(cli, straight, tiny_eps_dir, *flags)[0] == 0
+    assert _train(cli, stopped, tiny_eps_dir, *flags)[0] == 0
+    checkpoints = sorted((stopped / "checkpoints").glob("step-*"))
+    shutil.rmtree(checkpoints[-1])
+    (stopped / "checkpoints" / "latest").write_text(checkpoints[-2].name + "\n")
+    (stopped / "manifest.json").unlink()
+    shutil.rmtree(stopped / "student")
+    assert _train(cli, stopped, tiny_eps_dir, *flags, "--resume", "latest")[0] == 0
+    for name in ("student/unet/diffusion_pytorch_model.safetensors", "checkpoints/step-0000003/extra.safetensors"):
+        a, b = load_file(straight / name), load_file(stopped / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = (torch.load(r / "checkpoints/step-0000003/extra_optimizer.pt", weights_only=True) for r in (straight, stopped))
+    assert all(torch.equal(a["state"][k]["exp_avg"], b["state"][k]["exp_avg"]) for k in a["state"])
+    head = [k for k in load_file(straight / "checkpoints/step-0000003/extra.safetensors") if k.startswith("head.")]
+    assert head and json.loads((straight / "student/snapdistill.json").read_text())["timesteps"] == [999, 749, 499, 249]
+
+
+def test_gan_weight_with_a_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red square\n")
+    code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, "--prompts", prompts, "--gan-weight", "1e-3")
+    assert code == 2 and err.count("\n") == 1 and "--gan-weight needs real images" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_prompt_stream_is_seeded_and_skips_what_it_consumed():
     from snapdistill.distill.data import PromptLines
 
@@ -224,7 +383,9 @@ def test_prompt_stream_is_seeded_and_skips_what_it_consumed():
 
 @pytest.mark.parametrize("extra, message", [
     (("--from", 16), "--mode dmd takes no --from"),
-    (("--to", 2), "--mode dmd trains a 1-step generator: set --to 1 (got --to 2)"),
+    (("--to", 3), "--mode dmd trains a generator of 1, 2, 4, 8 steps: set --to to one of them (got --to 3)"),
+    (("--gan-weight", -1), "--gan-weight must be a finite number >= 0 (0: no GAN term), got -1.0"),
+    (("--gan-head-weight", 0), "--gan-head-weight must be a finite number > 0, got 0.0"),
     (("--fake-updates", 0), "--fake-updates must be an integer >= 1, got 0"),
     (("--fake-lr", 0), "--fake-lr must be a finite number > 0, got 0.0"),
     (("--fake-lr", "nan"), "--fake-lr must be a finite number > 0, got nan"),
@@ -246,7 +407,7 @@ def test_bad_settings_are_one_line_before_the_teacher_loads(cli, tmp_path, tiny_
 
 def test_dmd_flags_without_the_mode_are_refused(cli, tmp_path, test_shards):
     code, _, err = cli("distill-steps", "--shards", test_shards, "--out", tmp_path / "o", "--real-guidance", 3)
-    assert code == 2 and "--real-guidance, --fake-updates, --fake-lr and --prompts need --mode dmd" in err
+    assert code == 2 and "--real-guidance, --fake-updates, --fake-lr, --prompts and --gan-weight need --mode dmd" in err
 
 
 def test_an_empty_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):

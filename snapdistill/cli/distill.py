@@ -180,7 +180,8 @@ def distill_steps(
         "--from", help="Teacher steps N \\[default: 16; --mode consistency takes none].")] = None,
     to_steps: Annotated[int | None, typer.Option(
         "--to", help="Student steps M (divides N); with --mode consistency, the student's default step count "
-                     "(it samples any count up to --num-ddim-timesteps); --mode dmd: 1 \\[default: 8; dmd: 1].")] = None,
+                     "(it samples any count up to --num-ddim-timesteps); --mode dmd: 1, 2, 4 or 8 (the generator's "
+                     "steps) \\[default: 8; dmd: 1].")] = None,
     mode: Annotated[str, typer.Option(
         "--mode", help="direct (one stage N->M), progressive (N->N/2->...->M), consistency (latent consistency "
                        "distillation, sampled with LCMScheduler) or dmd (a 1-step generator by distribution "
@@ -226,6 +227,13 @@ def distill_steps(
     prompts: Annotated[Path | None, typer.Option(
         "--prompts", help="dmd: a prompt file read instead of the shards' captions (as sample's --prompts: .txt one a "
                       "line, .json a list, .jsonl objects with \"prompt\").")] = None,
+    gan_weight: Annotated[float | None, typer.Option(
+        "--gan-weight", help="dmd: weight of the GAN term (a head on the fake network's mid-block features telling "
+                             "noised real latents of the --shards from noised samples; DMD2 used 1e-3 to 5e-3); 0: "
+                             "none, no image read \[default: 0].")] = None,
+    gan_head_weight: Annotated[float | None, typer.Option(
+        "--gan-head-weight", help="dmd: weight of the head's loss beside the fake network's denoising loss "
+                                  "\[default: 0.01].")] = None,
     **shared,
 ) -> None:
     """Stage 2: a student takes one step where its teacher took N/M (teacher: a base model or a stage-1 student).
@@ -245,6 +253,8 @@ def distill_steps(
       snapdistill distill-steps --mode consistency --teacher runs/guided/student --to 4 --loss huber --out runs/lcm4
 
       snapdistill distill-steps --mode dmd --teacher sd15 --prompts prompts.txt --out runs/dmd1
+
+      snapdistill distill-steps --mode dmd --to 2 --teacher sd15 --shards data/laion-art --gan-weight 3e-3 --out runs/dmd2
     """
     common = _common({**locals(), **shared})
     from snapdistill.distill import routes
@@ -254,7 +264,8 @@ def distill_steps(
                                "num_ddim_timesteps": num_ddim_timesteps}.items() if v is not None}
     consistency = ConsistencyConfig(**given) if given or mode == "consistency" else None
     given = {k: v for k, v in {"real_guidance": real_guidance, "fake_updates": fake_updates, "fake_lr": fake_lr,
-                               "prompts": prompts}.items() if v is not None}
+                               "prompts": prompts, "gan_weight": gan_weight,
+                               "gan_head_weight": gan_head_weight}.items() if v is not None}
     dmd = DMDConfig(**given) if given or mode == "dmd" else None
     config = StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                          target_space=target_space, cfg_prob=cfg_prob,

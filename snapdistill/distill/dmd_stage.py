@@ -1,4 +1,5 @@
-"""`distill-steps --mode dmd --to 1`: a one-step generator by distribution matching (see `dmd.py`), from prompts alone.
+"""`distill-steps --mode dmd --to M`: an M-step generator (M = 1, 2, 4, 8) by distribution matching (see `dmd.py`),
+from prompts alone, or with real images for the GAN term (--gan-weight).
 
 The generator G starts as the teacher (a base model, or a stage-1 student that takes w) and maps pure noise at
 t = T − 1 to x0 in one UNet call; the real score is the teacher with CFG at --real-guidance (a stage-1 teacher is fed
@@ -6,9 +7,12 @@ w instead), the fake score a second copy of the teacher trained on G's samples, 
 --fake-updates times per generator step. The fake network and its optimiser are the route's state, checkpointed by
 the one training loop, so `--resume latest` continues both bit for bit.
 
-Only captions are read: the shards' `txt` (no image is decoded) or `--prompts FILE`. The student folder's scheduler
-is a 1-step trailing DDIM at t = T − 1 that returns G's x0 exactly (final ᾱ = 1); its guidance is baked in, so the
-record tells `sample` to feed it 1 (a G that takes w is fed the real-guidance scale it was trained at).
+Without the GAN term only captions are read: the shards' `txt` (no image is decoded) or `--prompts FILE`; with it,
+the shards' images as every other route reads them (their latents are the head's real side). The student folder's
+scheduler at one step is a trailing DDIM at t = T − 1 that returns G's x0 exactly (final ᾱ = 1); at M > 1 steps
+diffusers' `LCMScheduler` with M original steps, whose grid T − 1, T − 1 − T/M, … and re-noising are G's training
+chain. Its guidance is baked in, so the record tells `sample` to feed it 1 (a G that takes w is fed the
+real-guidance scale it was trained at).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
 def run(config: StepsConfig) -> Path | None:
     """Train the generator and its fake score, save `student/` with its 1-step scheduler, write the manifest."""
     from snapdistill.diffusion import DiffusionModel
-    from snapdistill.distill.dmd import DMDLoss, FakeScore, latent_shape
+    from snapdistill.distill.consistency import lcm_scheduler, sampling_timesteps
+    from snapdistill.distill.dmd import DMDLoss, FakeScore, GANHead, latent_shape
     from snapdistill.distill.guided import Guided, StudentKind
     from snapdistill.distill.stage import (
         finish,
@@ -84,31 +89,48 @@ def run(config: StepsConfig) -> Path | None:
     pipe = teacher.pipe
     teacher_model = DiffusionModel.from_pipeline(pipe)
     w_dim = pipe.unet.config.time_cond_proj_dim
+    steps = config.to_steps
+    # `auto` is v at every step count: each of G's chains starts with the 1-step problem, x0 from pure noise at T − 1.
     student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, 1)
     generator = copy_student(pipe.unet, common.student_arch).to(pipe.device)
-    fake = FakeScore(copy_student(pipe.unet).to(pipe.device), StudentKind(teacher_model.prediction_type, w_dim),
-                     teacher_model.schedule, lr=dmd.fake_lr or common.train.lr,
-                     max_grad_norm=common.train.max_grad_norm)
+    gan = dmd.gan_weight > 0
+    fake_unet = copy_student(pipe.unet).to(pipe.device)
+    head = GANHead(fake_unet.config.block_out_channels[-1], seed=common.train.seed).to(pipe.device) if gan else None
+    fake = FakeScore(fake_unet, StudentKind(teacher_model.prediction_type, w_dim), teacher_model.schedule,
+                     lr=dmd.fake_lr or common.train.lr, max_grad_norm=common.train.max_grad_norm, head=head,
+                     head_weight=dmd.gan_head_weight)
     # A G that takes w is fed the real-guidance scale, in training and (recorded below) in sampling; else none.
     baked = dmd.real_guidance if w_dim is not None else 1.0
     size = train_size(pipe, common)
+    if steps == 1:
+        # Trailing DDIM at one step (t = T − 1), as every step student; its final ᾱ is 1, so the step returns G's x0.
+        scheduler = student_scheduler(pipe.scheduler, steps=1, prediction_type=student_type, set_alpha_to_one=True)
+        scheduler.set_timesteps(1)
+        grid = [int(scheduler.timesteps[0])]
+    else:
+        # LCMScheduler: predict x0, re-noise it to the next grid time with fresh noise. Its boundary scaling c_skip
+        # is at most 2e-7 on these grids (t >= T/8 − 1), so what it returns is G's x0 to float precision.
+        scheduler = lcm_scheduler(pipe.scheduler.config, num_ddim_timesteps=steps, prediction_type=student_type)
+        grid = sampling_timesteps(scheduler, steps)
     loss = DMDLoss(real=Guided(teacher_model, w_dim), fake=fake, generator=StudentKind(student_type, w_dim),
                    schedule=teacher_model.schedule, latent_shape=latent_shape(pipe.unet.config, pipe.vae_scale_factor,
                                                                               size),
-                   real_guidance=dmd.real_guidance, fake_updates=dmd.fake_updates, generator_scale=baked)
-    batches, prepare, val = prompt_data(config, TextEmbeddings(pipe.tokenizer, pipe.text_encoder),
-                                        seed=common.train.seed)
-    # Trailing DDIM at one step (t = T − 1), as every step student; its final ᾱ is 1, so the step returns G's x0.
-    scheduler = student_scheduler(pipe.scheduler, steps=1, prediction_type=student_type, set_alpha_to_one=True)
-    scheduler.set_timesteps(1)
-    record = StudentRecord(stage="distill-steps", num_inference_steps=1, timesteps=[int(scheduler.timesteps[0])],
+                   real_guidance=dmd.real_guidance, fake_updates=dmd.fake_updates, generator_scale=baked,
+                   grid=tuple(grid), gan_weight=dmd.gan_weight)
+    # The GAN term reads the shards' images (the loop's own batches: latents, captions); else captions only.
+    data, val = None, None
+    if not gan:
+        batches, prepare, val = prompt_data(config, TextEmbeddings(pipe.tokenizer, pipe.text_encoder),
+                                            seed=common.train.seed)
+        data = (batches, prepare)
+    record = StudentRecord(stage="distill-steps", num_inference_steps=steps, timesteps=grid,
                            mode="dmd", guidance_embedding=w_dim is not None, prediction_type=student_type,
                            student_arch=common.student_arch, guidance=baked)
     result = train_and_save(
         common=common, teacher=teacher, student_unet=generator, loss=loss, scheduler=scheduler, record=record,
         stage="distill-steps", config=resolved_config(config), resume_from=resume_from, teacher_steps=16,
-        student_steps=1, extra_module=fake.unet, extra_optimizer=fake.optimizer,
-        data=(batches, prepare), val_prompts=val, student_guidance=baked,
+        student_steps=steps, extra_module=fake.module, extra_optimizer=fake.optimizer,
+        data=data, val_prompts=val, student_guidance=baked,
     )
     return finish(stage="distill-steps", common=common, config=resolved_config(config), teacher=teacher,
                   result=result, data_input=dmd.prompts)

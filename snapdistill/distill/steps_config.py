@@ -43,6 +43,9 @@ class ConsistencyConfig:
                                    f"{num_train_timesteps} timesteps")
 
 
+DMD_STEPS = (1, 2, 4, 8)  # generator step counts: trailing grids from T − 1 that LCMScheduler visits exactly
+
+
 @dataclass
 class DMDConfig:
     real_guidance: float = 1.5          # CFG scale of the real score (the teacher); DMD2 used 1.75 on SD 1.5. On the
@@ -53,14 +56,25 @@ class DMDConfig:
     fake_lr: float | None = None        # the fake score's AdamW rate; None: the generator's --lr
     prompts: Path | None = None         # a prompt file as `sample --prompts` reads it (.txt one a line, .json, .jsonl);
     #                                     None: the shards' captions
+    gan_weight: float = 0.0             # the generator's GAN term, in units of the DMD loss as a mean over elements
+    #                                     (DMD2's; it used 1e-3 to 5e-3); 0: no GAN term, no image is read
+    gan_head_weight: float = 1e-2       # the head's loss beside the fake network's denoising loss (DMD2: 1e-2)
 
     def check(self, from_steps: int | None, to_steps: int) -> None:
         """Refuse impossible settings with one line, before the teacher loads."""
         if from_steps is not None:
             raise SnapdistillError("--mode dmd takes no --from: the generator matches the teacher's distribution, "
                                    "not its trajectory")
-        if to_steps != 1:
-            raise SnapdistillError(f"--mode dmd trains a 1-step generator: set --to 1 (got --to {to_steps})")
+        if to_steps not in DMD_STEPS:
+            raise SnapdistillError(f"--mode dmd trains a generator of {', '.join(map(str, DMD_STEPS))} steps: set --to "
+                                   f"to one of them (got --to {to_steps})")
+        if not (math.isfinite(self.gan_weight) and self.gan_weight >= 0):
+            raise SnapdistillError(f"--gan-weight must be a finite number >= 0 (0: no GAN term), got {self.gan_weight}")
+        if not (math.isfinite(self.gan_head_weight) and self.gan_head_weight > 0):
+            raise SnapdistillError(f"--gan-head-weight must be a finite number > 0, got {self.gan_head_weight}")
+        if self.gan_weight > 0 and self.prompts is not None:
+            raise SnapdistillError("--gan-weight needs real images: it reads the --shards' latents, and --prompts "
+                                   "gives captions only; drop --prompts (or --gan-weight)")
         if self.fake_updates < 1:
             raise SnapdistillError(f"--fake-updates must be an integer >= 1, got {self.fake_updates}")
         if self.fake_lr is not None and not (math.isfinite(self.fake_lr) and self.fake_lr > 0):
@@ -138,7 +152,8 @@ class StepsConfig:
             raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
         check_guidance_range(self.cfg_range)
         if self.dmd is not None and self.mode != "dmd":
-            raise SnapdistillError(f"--real-guidance, --fake-updates, --fake-lr and --prompts need --mode dmd, got "
+            raise SnapdistillError(f"--real-guidance, --fake-updates, --fake-lr, --prompts and --gan-weight need --mode "
+                                   f"dmd, got "
                                    f"--mode {self.mode}")
         if self.mode == "dmd":
             if self.consistency is not None:
