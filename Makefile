@@ -57,7 +57,7 @@ lint: install
 # 16->4 student is a bench row only: reproduce shows 4 steps through progressive4 and keeps its 15 minutes.
 R := $(RUNS)/$(PROFILE)
 STUDENTS := direct8 progressive4 progressive2 progressive1 direct8-base
-BENCH_STUDENTS := $(STUDENTS) direct4 consistency consistency-base dmd1
+BENCH_STUDENTS := $(STUDENTS) direct4 consistency consistency-base dmd1 dmd2 dmd4
 # The teacher at 4, 2 and 1 steps: the training-free sampler at the 4-, 2- and 1-step students' UNet calls and below.
 SAMPLE_RUNS := teacher20 teacher16 teacher8 teacher4 teacher2 teacher1 guided16 $(STUDENTS)
 
@@ -199,6 +199,13 @@ DMD_FLAGS ?= --batch-size 16 --checkpoint-every 250 --max-minutes 25
 $(R)/dmd1/manifest.json: $(R)/shards-clean/manifest.json
 	$(SD) distill-steps --mode dmd --teacher $(TEACHER) --shards $(R)/shards-clean --max-steps $(DMD_STEPS) \
 		$(DMD_FLAGS) --overwrite --out $(R)/dmd1
+
+# The 2- and 4-step generators (DMD2's multi-step generator, trained by backward simulation) on dmd1's settings and
+# step budget; each chain step costs a generator call more per sample drawn, so --max-minutes 20 caps them.
+DMD_MULTI_FLAGS ?= --batch-size 16 --checkpoint-every 250 --max-minutes 20
+$(R)/dmd2/manifest.json $(R)/dmd4/manifest.json: $(R)/dmd%/manifest.json: $(R)/shards-clean/manifest.json
+	$(SD) distill-steps --mode dmd --to $* --teacher $(TEACHER) --shards $(R)/shards-clean \
+		--max-steps $(DMD_STEPS) $(DMD_MULTI_FLAGS) --overwrite --out $(R)/dmd$*
 
 # Block-removed students for the bench: the 16->8 direct student with output- and feature-level KD.
 define ARCH_RULE

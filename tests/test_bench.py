@@ -45,6 +45,9 @@ def test_teacher_rows_per_sample_of_each_route():
     assert teacher_rows("distill-steps", dmd, teacher_takes_w=True) == 1.0
     assert teacher_rows("distill-steps", {"mode": "dmd", "dmd": {"real_guidance": 1.0}}, teacher_takes_w=False) == 1.0
     assert fake_rows(dmd) == {"fake_rows_per_sample": 6, "generator_rows_per_sample": 5} and fake_rows(base) == {}
+    # A 4-step generator draws each sample in 4 calls; the GAN term adds a fake call per update and one for G.
+    multi = {"mode": "dmd", "to_steps": 4, "dmd": {"real_guidance": 1.5, "fake_updates": 5, "gan_weight": 3e-3}}
+    assert fake_rows(multi) == {"fake_rows_per_sample": 12, "generator_rows_per_sample": 20}
 
 
 def _row(fid, exact, mse):
@@ -94,8 +97,12 @@ def test_q2_and_q1_are_the_best_student_at_that_step_count():
     rows["dmd1"] = student(500, 0.9, 1, 20000, 1400.0)
     out = ratios(rows)
     assert (out["Q1_dmd"], out["Q1"], out["Q1_progressive"]) == (1.25, 1.25, 1.5)
+    rows["dmd2"] = student(410, 0.96, 2, 20000, 1200.0)
+    out = ratios(rows)
+    assert (out["Q2_dmd"], out["Q2"]) == (410 / 400, 0.95) and "Q4_dmd" not in out
     table = routes_at(rows)
-    assert list(table["1"]) == ["dmd1", "progressive1"] and list(table["2"]) == ["consistency2", "progressive2"]
+    assert list(table["1"]) == ["dmd1", "progressive1"]
+    assert list(table["2"]) == ["consistency2", "dmd2", "progressive2"] and "4" not in table
     assert table["1"]["dmd1"]["train_seconds"] == 1400.0 and table["1"]["progressive1"]["train_samples"] == 140000
 
 

@@ -246,10 +246,12 @@ def test_run_checkpoint_holds_the_fake_network_and_its_optimiser(dmd_run):
     assert (dmd_run / "val" / "step-0000002.png").is_file()
 
 
-def test_resume_gives_bitwise_the_same_weights_of_both_networks(cli, tmp_path, tiny_eps_dir, test_shards):
+@pytest.mark.parametrize("extra", [(), ("--to", 4, "--gan-weight", "1e-2")], ids=["one-step", "four-step-gan"])
+def test_resume_gives_bitwise_the_same_weights_of_both_networks(cli, tmp_path, tiny_eps_dir, test_shards, extra):
     from safetensors.torch import load_file
 
-    flags = ("--shards", test_shards, "--max-steps", 3, "--checkpoint-every", 1, "--lr", "1e-3", "--warmup-steps", 1)
+    flags = ("--shards", test_shards, "--max-steps", 3, "--checkpoint-every", 1, "--lr", "1e-3", "--warmup-steps", 1,
+             *extra)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert _train(cli, straight, tiny_eps_dir, *flags)[0] == 0
     assert _train(cli, stopped, tiny_eps_dir, *flags)[0] == 0
@@ -266,10 +268,14 @@ def test_resume_gives_bitwise_the_same_weights_of_both_networks(cli, tmp_path, t
         assert all(torch.equal(a[k], b[k]) for k in a), name
     a, b = (torch.load(r / "checkpoints/step-0000003/extra_optimizer.pt", weights_only=True) for r in (straight, stopped))
     assert all(torch.equal(a["state"][k]["exp_avg"], b["state"][k]["exp_avg"]) for k in a["state"])
-    # And the generator actually moved from the teacher.
+    # And the generator actually moved from the teacher; with the GAN term the head is in the fake's checkpoint.
     teacher = load_file(tiny_eps_dir / "unet" / "diffusion_pytorch_model.safetensors")
     g = load_file(straight / "student/unet/diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(g[k], teacher[k]) for k in g)
+    extra_keys = load_file(straight / "checkpoints/step-0000003/extra.safetensors").keys()
+    assert any(k.startswith("head.") for k in extra_keys) == bool(extra)
+    steps = json.loads((straight / "student/snapdistill.json").read_text())["timesteps"]
+    assert steps == ([999, 749, 499, 249] if extra else [999])
 
 
 def test_from_a_prompt_file_no_image_is_read(cli, tmp_path, tiny_eps_dir, monkeypatch):
@@ -338,27 +344,20 @@ def test_the_gan_head_is_checkpointed_with_the_fake_network(dmd2_gan_run):
     assert json.loads((dmd2_gan_run / "manifest.json").read_text())["config"]["dmd"]["gan_weight"] == 0.01
 
 
-def test_resume_of_a_multi_step_gan_run_is_bitwise(cli, tmp_path, tiny_eps_dir, test_shards):
+def test_init_starts_the_generator_from_a_student(run_ok, dmd_run, tmp_path, tiny_eps_dir, test_shards):
     from safetensors.torch import load_file
 
-    flags = ("--shards", test_shards, "--max-steps", 3, "--checkpoint-every", 1, "--lr", "1e-3", "--warmup-steps", 1,
-             "--to", 4, "--gan-weight", "1e-2")
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert _train(cli, straight, tiny_eps_dir, *flags)[0] == 0
-    assert _train(cli, stopped, tiny_eps_dir, *flags)[0] == 0
-    checkpoints = sorted((stopped / "checkpoints").glob("step-*"))
-    shutil.rmtree(checkpoints[-1])
-    (stopped / "checkpoints" / "latest").write_text(checkpoints[-2].name + "\n")
-    (stopped / "manifest.json").unlink()
-    shutil.rmtree(stopped / "student")
-    assert _train(cli, stopped, tiny_eps_dir, *flags, "--resume", "latest")[0] == 0
-    for name in ("student/unet/diffusion_pytorch_model.safetensors", "checkpoints/step-0000003/extra.safetensors"):
-        a, b = load_file(straight / name), load_file(stopped / name)
-        assert all(torch.equal(a[k], b[k]) for k in a), name
-    a, b = (torch.load(r / "checkpoints/step-0000003/extra_optimizer.pt", weights_only=True) for r in (straight, stopped))
-    assert all(torch.equal(a["state"][k]["exp_avg"], b["state"][k]["exp_avg"]) for k in a["state"])
-    head = [k for k in load_file(straight / "checkpoints/step-0000003/extra.safetensors") if k.startswith("head.")]
-    assert head and json.loads((straight / "student/snapdistill.json").read_text())["timesteps"] == [999, 749, 499, 249]
+    out = tmp_path / "o"
+    run_ok("distill-steps", "--mode", "dmd", "--to", 2, "--init", dmd_run / "student", "--teacher", tiny_eps_dir,
+           "--shards", test_shards, "--out", out, "--batch-size", 2, "--max-steps", 1, "--lr", "1e-12",
+           "--ema-decay", 0, "--fake-updates", 1, "--val-prompts", 0)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    g, init, teacher = (load_file(f / weights) for f in (out / "student", dmd_run / "student", tiny_eps_dir))
+    # One step at lr 1e-12 leaves G at its start: the student given, not the teacher; it keeps that student's type.
+    assert all(torch.allclose(g[k], init[k], atol=1e-9, rtol=0) for k in g)
+    assert any(not torch.allclose(g[k], teacher[k], atol=1e-6) for k in g)
+    info = json.loads((out / "student" / "snapdistill.json").read_text())
+    assert (info["prediction_type"], info["timesteps"]) == ("v_prediction", [999, 499])
 
 
 def test_gan_weight_with_a_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):
@@ -386,6 +385,7 @@ def test_prompt_stream_is_seeded_and_skips_what_it_consumed():
     (("--to", 3), "--mode dmd trains a generator of 1, 2, 4, 8 steps: set --to to one of them (got --to 3)"),
     (("--gan-weight", -1), "--gan-weight must be a finite number >= 0 (0: no GAN term), got -1.0"),
     (("--gan-head-weight", 0), "--gan-head-weight must be a finite number > 0, got 0.0"),
+    (("--init", "nowhere"), "--init nowhere: no unet/config.json there"),
     (("--fake-updates", 0), "--fake-updates must be an integer >= 1, got 0"),
     (("--fake-lr", 0), "--fake-lr must be a finite number > 0, got 0.0"),
     (("--fake-lr", "nan"), "--fake-lr must be a finite number > 0, got nan"),

@@ -40,6 +40,9 @@ ROWS = {
     # The 1-step generator by distribution matching (--mode dmd) from the base teacher: its guidance is baked in,
     # so it is sampled at guidance 1 (one UNet call per image).
     "dmd1": ("dmd1", None, 1.0, None),
+    # Its 2- and 4-step generators (backward simulation; LCMScheduler re-noises between steps), also at guidance 1.
+    "dmd2": ("dmd2", None, 1.0, None),
+    "dmd4": ("dmd4", None, 1.0, None),
 }
 # Rows decoded by the small decoder of the `decoder` run (distill-decoder), beside the same model's own rows.
 DECODER_ROWS = {

@@ -48,11 +48,14 @@ def teacher_rows(stage: str, config: dict, teacher_takes_w: bool) -> float | Non
 
 def fake_rows(config: dict) -> dict:
     """A dmd run's trained-network UNet rows per generator sample: the fake score's call in the generator gradient,
-    then per fake update one forward and backward of it and (after the first) one forward of the generator."""
+    then per fake update one forward and backward of it; the generator's draws, each M calls for an M-step generator
+    (M − 1 simulated steps without gradient: every step of the grid is drawn in a batch of 16), one draw per fake
+    update. The GAN term adds one fake-network call in the generator's term and one on real latents per update."""
     if config.get("mode") != "dmd":
         return {}
-    k = config["dmd"]["fake_updates"]
-    return {"fake_rows_per_sample": 1 + k, "generator_rows_per_sample": k}
+    k, m = config["dmd"]["fake_updates"], config.get("to_steps") or 1
+    gan = 1 + k if config["dmd"].get("gan_weight", 0) > 0 else 0
+    return {"fake_rows_per_sample": 1 + k + gan, "generator_rows_per_sample": k * m}
 
 
 def training_budget(student: str) -> list[dict]:
@@ -186,7 +189,10 @@ def _route_figures(rows: dict, name: str) -> dict:
             "train_seconds": r["train_seconds"]}
 
 
-def routes_at(rows: dict, steps: tuple[int, ...] = (1, 2)) -> dict:
+ROUTE_STEPS = (1, 2, 4, 8)  # the README's route table
+
+
+def routes_at(rows: dict, steps: tuple[int, ...] = ROUTE_STEPS) -> dict:
     """Per step count, every trained row at that many steps, best first: its figures beside its training budget
     (samples and seconds over every stage behind it; the teacher's UNet rows per sample of its last stage)."""
     out = {}
@@ -211,7 +217,8 @@ def ratios(rows: dict) -> dict:
     }
     out.update({"Q2_progressive": _ratio(rows, "progressive2", ref), "Q1_progressive": _ratio(rows, "progressive1", ref),
                 "B2": _ratio(rows, "teacher2_cfg", ref), "B1": _ratio(rows, "teacher1_cfg", ref),
-                "Q1_dmd": _ratio(rows, "dmd1", ref)})
+                "Q1_dmd": _ratio(rows, "dmd1", ref), "Q2_dmd": _ratio(rows, "dmd2", ref),
+                "Q4_dmd": _ratio(rows, "dmd4", ref)})
     for steps, best in best_students(rows).items():
         out[f"Q{steps}"] = best["ratio"]
     baselines = [k for k in ("teacher8_cfg", "guided8_dpm") if k in rows]

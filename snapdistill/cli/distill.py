@@ -231,6 +231,9 @@ def distill_steps(
         "--gan-weight", help="dmd: weight of the GAN term (a head on the fake network's mid-block features telling "
                              "noised real latents of the --shards from noised samples; DMD2 used 1e-3 to 5e-3); 0: "
                              "none, no image read \[default: 0].")] = None,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="dmd: a student folder whose UNet the generator starts from (a stage-1 student, a step "
+                       "student of the same teacher) \\[default: the teacher].")] = None,
     gan_head_weight: Annotated[float | None, typer.Option(
         "--gan-head-weight", help="dmd: weight of the head's loss beside the fake network's denoising loss "
                                   "\[default: 0.01].")] = None,
@@ -265,7 +268,7 @@ def distill_steps(
     consistency = ConsistencyConfig(**given) if given or mode == "consistency" else None
     given = {k: v for k, v in {"real_guidance": real_guidance, "fake_updates": fake_updates, "fake_lr": fake_lr,
                                "prompts": prompts, "gan_weight": gan_weight,
-                               "gan_head_weight": gan_head_weight}.items() if v is not None}
+                               "gan_head_weight": gan_head_weight, "init": init}.items() if v is not None}
     dmd = DMDConfig(**given) if given or mode == "dmd" else None
     config = StepsConfig(common=common, from_steps=from_steps, to_steps=to_steps, mode=mode,
                          target_space=target_space, cfg_prob=cfg_prob,

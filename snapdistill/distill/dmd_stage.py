@@ -53,6 +53,25 @@ def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
     return batches, prepare, val
 
 
+def initial_unet(init: Path | None, teacher_unet, teacher_type: str):
+    """(the UNet G starts from, its prediction type): the teacher's, or --init's student UNet, which must take the
+    teacher's latents and captions."""
+    if init is None:
+        return teacher_unet, teacher_type
+    from diffusers import UNet2DConditionModel
+
+    from snapdistill.errors import SnapdistillError
+    from snapdistill.models.student_record import StudentRecord
+
+    unet = UNet2DConditionModel.from_pretrained(Path(init) / "unet")
+    for key in ("in_channels", "out_channels", "cross_attention_dim", "sample_size"):
+        if unet.config.get(key) != teacher_unet.config.get(key):
+            raise SnapdistillError(f"--init {init}: its UNet's {key} is {unet.config.get(key)}, the teacher's "
+                                   f"{teacher_unet.config.get(key)}; give a student of this teacher")
+    record = StudentRecord.read(Path(init))
+    return unet, (record.prediction_type if record and record.prediction_type else teacher_type)
+
+
 def run(config: StepsConfig) -> Path | None:
     """Train the generator and its fake score, save `student/` with its 1-step scheduler, write the manifest."""
     from snapdistill.diffusion import DiffusionModel
@@ -90,9 +109,13 @@ def run(config: StepsConfig) -> Path | None:
     teacher_model = DiffusionModel.from_pipeline(pipe)
     w_dim = pipe.unet.config.time_cond_proj_dim
     steps = config.to_steps
-    # `auto` is v at every step count: each of G's chains starts with the 1-step problem, x0 from pure noise at T − 1.
-    student_type = student_prediction_type(common.student_prediction, teacher_model.prediction_type, 1)
-    generator = copy_student(pipe.unet, common.student_arch).to(pipe.device)
+    start, start_type = initial_unet(dmd.init, pipe.unet, teacher_model.prediction_type)
+    # `auto` is v at every step count: each of G's chains starts with the 1-step problem, x0 from pure noise at T − 1
+    # (a G started from a student keeps that student's type).
+    student_type = (start_type if dmd.init is not None and common.student_prediction == "auto"
+                    else student_prediction_type(common.student_prediction, start_type, 1))
+    generator = copy_student(start, common.student_arch).to(pipe.device)
+    g_dim = start.config.time_cond_proj_dim
     gan = dmd.gan_weight > 0
     fake_unet = copy_student(pipe.unet).to(pipe.device)
     head = GANHead(fake_unet.config.block_out_channels[-1], seed=common.train.seed).to(pipe.device) if gan else None
@@ -100,7 +123,7 @@ def run(config: StepsConfig) -> Path | None:
                      lr=dmd.fake_lr or common.train.lr, max_grad_norm=common.train.max_grad_norm, head=head,
                      head_weight=dmd.gan_head_weight)
     # A G that takes w is fed the real-guidance scale, in training and (recorded below) in sampling; else none.
-    baked = dmd.real_guidance if w_dim is not None else 1.0
+    baked = dmd.real_guidance if g_dim is not None else 1.0
     size = train_size(pipe, common)
     if steps == 1:
         # Trailing DDIM at one step (t = T − 1), as every step student; its final ᾱ is 1, so the step returns G's x0.
@@ -112,7 +135,7 @@ def run(config: StepsConfig) -> Path | None:
         # is at most 2e-7 on these grids (t >= T/8 − 1), so what it returns is G's x0 to float precision.
         scheduler = lcm_scheduler(pipe.scheduler.config, num_ddim_timesteps=steps, prediction_type=student_type)
         grid = sampling_timesteps(scheduler, steps)
-    loss = DMDLoss(real=Guided(teacher_model, w_dim), fake=fake, generator=StudentKind(student_type, w_dim),
+    loss = DMDLoss(real=Guided(teacher_model, w_dim), fake=fake, generator=StudentKind(student_type, g_dim),
                    schedule=teacher_model.schedule, latent_shape=latent_shape(pipe.unet.config, pipe.vae_scale_factor,
                                                                               size),
                    real_guidance=dmd.real_guidance, fake_updates=dmd.fake_updates, generator_scale=baked,
@@ -124,7 +147,7 @@ def run(config: StepsConfig) -> Path | None:
                                             seed=common.train.seed)
         data = (batches, prepare)
     record = StudentRecord(stage="distill-steps", num_inference_steps=steps, timesteps=grid,
-                           mode="dmd", guidance_embedding=w_dim is not None, prediction_type=student_type,
+                           mode="dmd", guidance_embedding=g_dim is not None, prediction_type=student_type,
                            student_arch=common.student_arch, guidance=baked)
     result = train_and_save(
         common=common, teacher=teacher, student_unet=generator, loss=loss, scheduler=scheduler, record=record,

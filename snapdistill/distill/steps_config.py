@@ -59,6 +59,8 @@ class DMDConfig:
     gan_weight: float = 0.0             # the generator's GAN term, in units of the DMD loss as a mean over elements
     #                                     (DMD2's; it used 1e-3 to 5e-3); 0: no GAN term, no image is read
     gan_head_weight: float = 1e-2       # the head's loss beside the fake network's denoising loss (DMD2: 1e-2)
+    init: Path | None = None            # a student folder whose UNet G starts from (a stage-1 student, a step student
+    #                                     of the same teacher); None: G starts as the teacher
 
     def check(self, from_steps: int | None, to_steps: int) -> None:
         """Refuse impossible settings with one line, before the teacher loads."""
@@ -72,6 +74,9 @@ class DMDConfig:
             raise SnapdistillError(f"--gan-weight must be a finite number >= 0 (0: no GAN term), got {self.gan_weight}")
         if not (math.isfinite(self.gan_head_weight) and self.gan_head_weight > 0):
             raise SnapdistillError(f"--gan-head-weight must be a finite number > 0, got {self.gan_head_weight}")
+        if self.init is not None and not (Path(self.init) / "unet" / "config.json").is_file():
+            raise SnapdistillError(f"--init {self.init}: no unet/config.json there; give a student folder (the "
+                                   "student/ of a distill-guidance or distill-steps run)")
         if self.gan_weight > 0 and self.prompts is not None:
             raise SnapdistillError("--gan-weight needs real images: it reads the --shards' latents, and --prompts "
                                    "gives captions only; drop --prompts (or --gan-weight)")
