@@ -58,8 +58,10 @@ lint: install
 R := $(RUNS)/$(PROFILE)
 STUDENTS := direct8 progressive4 progressive2 progressive1 direct8-base
 BENCH_STUDENTS := $(STUDENTS) direct4 consistency consistency-base dmd1 dmd2 dmd4
+# The toy reproduce adds the best 1-step route, dmd1 (the 2-step one is progressive2, above), on a short budget.
+REPRO_EXTRA := $(if $(filter toy,$(PROFILE)),dmd1)
 # The teacher at 4, 2 and 1 steps: the training-free sampler at the 4-, 2- and 1-step students' UNet calls and below.
-SAMPLE_RUNS := teacher20 teacher16 teacher8 teacher4 teacher2 teacher1 guided16 $(STUDENTS)
+SAMPLE_RUNS := teacher20 teacher16 teacher8 teacher4 teacher2 teacher1 guided16 $(STUDENTS) $(REPRO_EXTRA)
 
 ifeq ($(PROFILE),toy)
 SD := $(BIN)/snapdistill
@@ -70,6 +72,8 @@ TOY_PAIRS ?= 8192
 EVAL_N ?= 512
 GUIDED_STEPS ?= 400
 STEPS_STEPS ?= 250
+# reproduce's dmd1: 400 generator steps of 16 (the bench's 1,500: BENCH_DMD_STEPS)
+DMD_STEPS ?= 400
 # Block-removed students start with blocks missing: on the toy world they recover only with a larger rate
 # and more steps (bk-small at 500 steps and lr 1e-4 drew 0.12 exact on 256 val prompts; at 1,000 steps and
 # lr 1e-3, 0.93; the same without feature KD, 0.68). Later flags override TRAIN_FLAGS.
@@ -125,6 +129,7 @@ BENCH_STEPS_STEPS ?= 1000
 # (1,200 + 500 steps of 32); they lost there by wide margins (README, "What the bench shows").
 BENCH_CONSISTENCY_STEPS ?= 500
 BENCH_ARCHS ?= bk-small
+BENCH_DMD_STEPS ?= 1500
 # bk-small at twice the previous bench's steps (1,000 steps gave 545.7, ratio 1.43, in the previous bench).
 BENCH_ARCH_FLAGS ?= --max-steps 2000 --lr 1e-3
 # The small decoder of the bench's *_smalldec rows (distill-decoder, AutoencoderTiny at half width), at batch 16.
@@ -134,7 +139,7 @@ CONSISTENCY_STEPS ?= $(STEPS_STEPS)
 bench: install
 	$(MAKE) --no-print-directory RUNS=$(RUNS)/bench GUIDED_STEPS=$(BENCH_GUIDED_STEPS) \
 		STEPS_STEPS=$(BENCH_STEPS_STEPS) CONSISTENCY_STEPS=$(BENCH_CONSISTENCY_STEPS) ARCHS="$(BENCH_ARCHS)" \
-		ARCH_FLAGS="$(BENCH_ARCH_FLAGS)" bench-runs
+		ARCH_FLAGS="$(BENCH_ARCH_FLAGS)" DMD_STEPS=$(BENCH_DMD_STEPS) bench-runs
 	$(PY) -m snapdistill.bench --runs $(RUNS)/bench/toy --out bench.json
 
 bench-runs: $(foreach r,guided $(BENCH_STUDENTS) $(foreach a,$(ARCHS),arch-$(a)8) decoder,$(R)/$(r)/manifest.json)

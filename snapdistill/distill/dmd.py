@@ -26,10 +26,9 @@ generator samples (non-saturating logistic loss). The head is trained with the f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
