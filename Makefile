@@ -48,8 +48,8 @@ lint: install
 
 # ---------------------------------------------------------------------------------------------
 # `make reproduce`: the whole pipeline, each stage a file target on its manifest.json, so a rerun
-# redoes only what changed. PROFILE=toy (the default) runs on 2 CPU cores in about 12 minutes (12 min 18 s measured
-# at a90d4e0 with the 2- and 1-step rows, after `make install`); PROFILE=sd15 or sd21 runs the real recipe on GPU
+# redoes only what changed. PROFILE=toy (the default) runs on 2 CPU cores in about 19 minutes (20 min 50 s measured
+# at 952497f with dmd1 at 400 steps, 372 s of it; at 300 steps, 288 s, an estimated 19 min 26 s); PROFILE=sd15 or sd21 runs the real recipe on GPU
 # nodes (see README, "The SD recipe").
 # progressive8 is not trained: from a stage-1 student (which takes w) one progressive round 16->8 is the
 # direct loss, the same training as direct8; progressive4 is one 8->4 round from direct8's student.
@@ -72,8 +72,9 @@ TOY_PAIRS ?= 8192
 EVAL_N ?= 512
 GUIDED_STEPS ?= 400
 STEPS_STEPS ?= 250
-# reproduce's dmd1: 400 generator steps of 16 (the bench's 1,500: BENCH_DMD_STEPS)
-DMD_STEPS ?= 400
+# reproduce's dmd1: 300 generator steps of 16 (the bench's 1,500: BENCH_DMD_STEPS). 300 steps drew toy FID 447.2,
+# exact 0.975 in 288 s; 400 steps 492.3, 0.992 in 372 s, which took reproduce to 20 min 50 s (README).
+DMD_STEPS ?= 300
 # Block-removed students start with blocks missing: on the toy world they recover only with a larger rate
 # and more steps (bk-small at 500 steps and lr 1e-4 drew 0.12 exact on 256 val prompts; at 1,000 steps and
 # lr 1e-3, 0.93; the same without feature KD, 0.68). Later flags override TRAIN_FLAGS.

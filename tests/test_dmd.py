@@ -360,6 +360,13 @@ def test_init_starts_the_generator_from_a_student(run_ok, dmd_run, tmp_path, tin
     assert (info["prediction_type"], info["timesteps"]) == ("v_prediction", [999, 499])
 
 
+def test_an_out_holding_the_init_student_is_refused(cli, dmd_run, tiny_eps_dir, test_shards):
+    code, _, err = _train(cli, dmd_run, tiny_eps_dir, "--shards", test_shards, "--init", dmd_run / "student",
+                          "--overwrite")
+    assert code == 2 and err.count("\n") == 1 and "--init" in err, err
+    assert (dmd_run / "student" / "unet").is_dir()  # nothing was cleared
+
+
 def test_gan_weight_with_a_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red square\n")
@@ -407,7 +414,7 @@ def test_bad_settings_are_one_line_before_the_teacher_loads(cli, tmp_path, tiny_
 
 def test_dmd_flags_without_the_mode_are_refused(cli, tmp_path, test_shards):
     code, _, err = cli("distill-steps", "--shards", test_shards, "--out", tmp_path / "o", "--real-guidance", 3)
-    assert code == 2 and "--real-guidance, --fake-updates, --fake-lr, --prompts and --gan-weight need --mode dmd" in err
+    assert code == 2 and "--prompts, --gan-weight, --gan-head-weight and --init need --mode dmd" in err
 
 
 def test_an_empty_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):

@@ -95,8 +95,9 @@ def run(config: StepsConfig) -> Path | None:
 
     config.check()
     common, dmd = config.common, config.dmd
-    if dmd.prompts is not None:
-        check_out_apart(common.out, {"--prompts": dmd.prompts})
+    given = {flag: path for flag, path in (("--prompts", dmd.prompts), ("--init", dmd.init)) if path is not None}
+    if given:
+        check_out_apart(common.out, given)
     teacher = load_teacher(common)
     teacher_record = StudentRecord.read(teacher.path)
     if teacher_record is not None and teacher_record.step_distilled:

@@ -157,9 +157,8 @@ class StepsConfig:
             raise SnapdistillError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
         check_guidance_range(self.cfg_range)
         if self.dmd is not None and self.mode != "dmd":
-            raise SnapdistillError(f"--real-guidance, --fake-updates, --fake-lr, --prompts and --gan-weight need --mode "
-                                   f"dmd, got "
-                                   f"--mode {self.mode}")
+            raise SnapdistillError(f"--real-guidance, --fake-updates, --fake-lr, --prompts, --gan-weight, "
+                                   f"--gan-head-weight and --init need --mode dmd, got --mode {self.mode}")
         if self.mode == "dmd":
             if self.consistency is not None:
                 raise SnapdistillError("--loss, --huber-c, --target-ema and --num-ddim-timesteps need --mode "
