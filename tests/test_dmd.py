@@ -168,9 +168,16 @@ def test_the_gan_term_moves_the_generator_not_the_fake_network():
                    fake_updates=1)
     cond = torch.randn(2, 77, unet.config.cross_attention_dim)
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    loss.gan_term(x, PromptBatch(cond=cond, uncond=cond[:1]), torch.Generator().manual_seed(0)).sum().backward()
+    term = loss.gan_term(x, PromptBatch(cond=cond, uncond=cond[:1]), torch.Generator().manual_seed(0))
+    term.sum().backward()
     assert x.grad.abs().sum() > 0 and all(p.grad is None for p in fake.module.parameters())
     assert all(p.requires_grad for p in fake.module.parameters())
+    # The surrogate carries the GAN loss's value and its gradient with respect to x exactly (same draws).
+    x2 = x.detach().clone().requires_grad_(True)
+    direct = 1e-2 * x2[0].numel() * gan_generator_loss(fake.logits(x2, cond, cond[:1], torch.Generator().manual_seed(0)))
+    (grad,) = torch.autograd.grad(direct.sum(), x2)
+    torch.testing.assert_close(term.detach(), direct.detach())
+    torch.testing.assert_close(x.grad, grad)
     # The fake network's update trains the head on real latents: its weights move and its loss is recorded.
     before = [p.detach().clone() for p in head.parameters()]
     fake.update(x.detach(), cond, cond[:1], torch.Generator().manual_seed(1), real=torch.randn(2, 4, 8, 8))
@@ -365,6 +372,16 @@ def test_an_out_holding_the_init_student_is_refused(cli, dmd_run, tiny_eps_dir, 
                           "--overwrite")
     assert code == 2 and err.count("\n") == 1 and "--init" in err, err
     assert (dmd_run / "student" / "unet").is_dir()  # nothing was cleared
+
+
+def test_an_init_that_does_not_fit_the_teacher_is_one_line_with_nothing_written(cli, tmp_path, tiny_eps_dir,
+                                                                               test_shards):
+    from snapdistill.models.tiny import save_tiny_pipeline
+
+    other = save_tiny_pipeline(tmp_path / "other", seed=0, text_dim=16)  # captions of another width
+    code, _, err = _train(cli, tmp_path / "o", tiny_eps_dir, "--shards", test_shards, "--init", other)
+    assert code == 2 and err.count("\n") == 1 and "its UNet's cross_attention_dim is 16, the teacher's 32" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_gan_weight_with_a_prompt_file_is_one_line(cli, tmp_path, tiny_eps_dir):

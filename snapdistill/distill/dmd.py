@@ -164,10 +164,15 @@ class FakeScore:
             handle.remove()
         return pred, store["mid"]
 
+    def noised(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z_t, t, eps): x noised at t uniform in [0, T), all drawn from `gen`."""
+        t = torch.randint(0, self.schedule.num_train_timesteps, (x.shape[0],), generator=gen).to(x.device)
+        z, eps, _, _ = noisy(self.schedule, x, t, gen)
+        return z, t, eps
+
     def logits(self, x: torch.Tensor, cond, uncond, gen: torch.Generator) -> torch.Tensor:
         """The head's logits on x noised at t uniform in [0, T) (the features only: no up path)."""
-        t = torch.randint(0, self.schedule.num_train_timesteps, (x.shape[0],), generator=gen).to(x.device)
-        z, _, _, _ = noisy(self.schedule, x, t, gen)
+        z, t, _ = self.noised(x, gen)
         return self.head(self.predict_with_features(z, t, cond, uncond, full=False)[1])
 
     def update(self, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, gen: torch.Generator,
@@ -178,8 +183,7 @@ class FakeScore:
         from snapdistill.dist import average_gradients
 
         x = x.detach()
-        t = torch.randint(0, self.schedule.num_train_timesteps, (x.shape[0],), generator=gen).to(x.device)
-        z, eps, _, _ = noisy(self.schedule, x, t, gen)
+        z, t, eps = self.noised(x, gen)
         if self.head is not None and real is not None:
             pred, features = self.predict_with_features(z, t, cond, uncond)
             loss = denoising_loss(pred, x, eps).mean()

@@ -104,13 +104,14 @@ def run(config: StepsConfig) -> Path | None:
         raise SnapdistillError(f"--teacher {common.teacher} is a {teacher_record.num_inference_steps}-step student; "
                                "--mode dmd needs a teacher that denoises at every time (a base model or a "
                                "distill-guidance student)")
-    prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
-    resume_from = resume_point(common.out, common.resume)
     pipe = teacher.pipe
     teacher_model = DiffusionModel.from_pipeline(pipe)
+    # Before prepare_run: an --init that does not fit the teacher is refused with nothing written.
+    start, start_type = initial_unet(dmd.init, pipe.unet, teacher_model.prediction_type)
+    prepare_run(common.out, resolved_config(config), resume=common.resume, overwrite=common.overwrite)
+    resume_from = resume_point(common.out, common.resume)
     w_dim = pipe.unet.config.time_cond_proj_dim
     steps = config.to_steps
-    start, start_type = initial_unet(dmd.init, pipe.unet, teacher_model.prediction_type)
     # `auto` is v at every step count: each of G's chains starts with the 1-step problem, x0 from pure noise at T − 1
     # (a G started from a student keeps that student's type).
     student_type = (start_type if dmd.init is not None and common.student_prediction == "auto"

@@ -43,7 +43,7 @@ class ConsistencyConfig:
                                    f"{num_train_timesteps} timesteps")
 
 
-DMD_STEPS = (1, 2, 4, 8)  # generator step counts: trailing grids from T − 1 that LCMScheduler visits exactly
+DMD_STEP_COUNTS = (1, 2, 4, 8)  # generator step counts: trailing grids from T − 1 that LCMScheduler visits exactly
 
 
 @dataclass
@@ -67,8 +67,8 @@ class DMDConfig:
         if from_steps is not None:
             raise SnapdistillError("--mode dmd takes no --from: the generator matches the teacher's distribution, "
                                    "not its trajectory")
-        if to_steps not in DMD_STEPS:
-            raise SnapdistillError(f"--mode dmd trains a generator of {', '.join(map(str, DMD_STEPS))} steps: set --to "
+        if to_steps not in DMD_STEP_COUNTS:
+            raise SnapdistillError(f"--mode dmd trains a generator of {', '.join(map(str, DMD_STEP_COUNTS))} steps: set --to "
                                    f"to one of them (got --to {to_steps})")
         if not (math.isfinite(self.gan_weight) and self.gan_weight >= 0):
             raise SnapdistillError(f"--gan-weight must be a finite number >= 0 (0: no GAN term), got {self.gan_weight}")
