@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.inventory import MANIFEST, folder_inventory
 
-MANIFEST = "manifest.json"
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 _PACKAGES = ("snapdistill", "torch", "diffusers", "transformers", "accelerate", "open_clip_torch", "webdataset")
 
@@ -121,8 +121,13 @@ def write_manifest(
     counts: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     seed: int | None = None,
+    files: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write `folder/manifest.json` last and atomically; return its path."""
+    """Write `folder/manifest.json` last and atomically; return its path.
+
+    Its `files` list every file in `folder` with size and sha256 (`snapdistill.inventory`): `files` given here
+    (shards, hashed while written) are taken as they are, the rest are hashed now.
+    """
     body = {
         "stage": stage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -134,6 +139,7 @@ def write_manifest(
         "seed": seed,
         "versions": package_versions(),
         "git_commit": git_commit(),
+        "files": folder_inventory(Path(folder), files),
     }
     path = Path(folder) / MANIFEST
     atomic_write_text(path, json.dumps(body, indent=2, sort_keys=False) + "\n")

@@ -92,7 +92,10 @@ def write_test_shards(folder, n: int = 24, per_shard: int = 8, size: int = 32):
                 sink.write({"__key__": f"{i:06d}", "jpg": buf.getvalue(), "txt": f"a {name} square",
                             "json": json.dumps({"source": "test", "original_width": size,
                                                 "original_height": size}).encode()})
-    write_manifest(folder, stage="build-data", config={"test": True}, counts={"records": n})
+    names = [f"toy-{shard:06d}.tar" for shard in range((n + per_shard - 1) // per_shard)]
+    per = {name: min(per_shard, n - k * per_shard) for k, name in enumerate(names)}
+    write_manifest(folder, stage="build-data", config={"test": True}, outputs={"shards": names},
+                   counts={"records": n, "per_shard": per})
     return folder
 
 

@@ -37,7 +37,7 @@ def _shards(folder, *, good: int, no_jpg: int = 0, truncated: bool = False) -> l
         data = (folder / "s-bad.tar").read_bytes()
         cut = data.index(b"001003.jpg") + 700
         (folder / "s-bad.tar").write_bytes(data[:cut])
-    write_manifest(folder, stage="build-data", config={})
+    write_manifest(folder, stage="build-data", config={}, outputs={"shards": sorted(p.name for p in folder.glob("*.tar"))})
     return sorted(str(p) for p in folder.glob("*.tar"))
 
 

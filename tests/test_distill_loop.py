@@ -178,3 +178,21 @@ def test_auto_lr_follows_the_student_size():
     big = torch.nn.Linear(20_000, 10_000, device="meta")
     assert (auto_lr(small), auto_lr(big)) == (3e-4, 1e-5)
 
+
+
+@pytest.mark.parametrize("plant, content, message", [
+    ("trainer.json", bytes(range(256)) * 4, "trainer.json: not a snapdistill checkpoint file (not UTF-8 text)"),
+    ("trainer.json", b'{"step": 2', "trainer.json: not a snapdistill checkpoint file (Expecting"),
+    ("trainer.json", b'{"step": "two", "consumed": 4}', "trainer.json: not a snapdistill checkpoint file (no whole"),
+    ("latest", b"\xff\xfe\x00garbage", "latest: unreadable (UnicodeDecodeError)"),
+])
+def test_resume_from_a_checkpoint_file_that_does_not_parse_is_one_line(cli, tmp_path, tiny_eps_dir, test_shards,
+                                                                      plant, content, message):
+    run = tmp_path / "run"
+    assert cli(*_guided_args(tiny_eps_dir, test_shards, run))[0] == 0
+    (run / "manifest.json").unlink()  # as if it had stopped after its last checkpoint
+    target = latest_checkpoint(run) / plant if plant != "latest" else run / "checkpoints" / "latest"
+    target.write_bytes(content)
+    code, _, err = cli(*_guided_args(tiny_eps_dir, test_shards, run), "--resume", "latest")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert "step-N" in err and "--overwrite" in err

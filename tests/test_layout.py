@@ -22,7 +22,7 @@ MAX_LINES = 400
 # Layers, lowest first. A module may import its own package and any package of a lower layer; packages of one
 # layer never import each other. The base layer is plumbing every stage shares (errors, manifests, the one resize).
 LAYERS = [
-    {"", "errors", "jsonl", "manifest", "outdir", "dist", "pixels"},
+    {"", "errors", "jsonl", "manifest", "inventory", "outdir", "dist", "pixels"},
     {"diffusion"},      # schedules, conversions, solvers: pure maths on tensors
     {"models"},         # loading pipelines, tiny and small models, encoders, memory estimates
     {"toy"},            # the toy world, its teacher and judge

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from shardkit import relist
 
 from snapdistill.data import build, captions
 from snapdistill.data import recaption as stage
@@ -35,6 +36,7 @@ def shards(tmp_path_factory):
                                 progress=False))
     with TarWriter(str(out / "shard-000009.tar"), encoder=False, mtime=0) as tar:
         tar.write({"__key__": "broken", "jpg": b"not a jpeg", "txt": b"IMG_1.JPG kept as is", "json": b"{oops"})
+    relist(out)
     return out
 
 
@@ -182,7 +184,8 @@ def test_an_unreadable_shard_is_one_line_naming_it_and_leaves_no_tmp(tmp_path, s
     src = shutil.copytree(shards, tmp_path / "in")
     bad = src / "shard-000005.tar"
     whole = (src / "shard-000000.tar").read_bytes()
-    bad.write_bytes(b"not a tar archive " * 100 if damage == "garbage" else whole[: len(whole) // 2])
+    bad.write_bytes(b"not a tar archive " * 100 if damage == "garbage" else whole[: len(whole) // 2 + 7])
+    relist(src)  # listed as it is: the damage is found by reading, not by the size check
     code, _, err = cli("recaption", "--in", src, "--out", tmp_path / "out")
     assert code == 2 and err.count("\n") == 1, err
     assert f"{bad}: unreadable shard (" in err, err
@@ -202,6 +205,7 @@ def test_member_names_that_climb_out_are_rejected_as_bad_key(tmp_path, shards, c
             info = tarfile.TarInfo(name)
             info.size = 4
             tar.addfile(info, io.BytesIO(b"evil"))
+    relist(src)
     code, _, err = cli("recaption", "--in", src, "--out", tmp_path / "out")
     assert code == 0, err
     names = {m for p in (tmp_path / "out").glob("*.tar") for m in tarfile.open(p).getnames()}

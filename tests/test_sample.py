@@ -309,3 +309,20 @@ def test_an_image_depends_on_its_seed_and_prompt_and_the_batch_size_moves_it_at_
     np.testing.assert_array_equal(four, four_again)
     # The bound is not met by chance: images of other seeds differ by far more than one grey level.
     assert np.abs(one[0] - one[1]).max() > 10
+
+
+def test_a_rerun_with_another_batch_size_is_refused_and_the_folder_keeps_one(tmp_path, tiny_eps_dir):
+    """Images drawn at other batch sizes differ in their last bits (above), so a folder is finished only at the
+    batch size that began it; a run.json written before batch sizes were recorded is not compared on them."""
+    out = tmp_path / "run"
+    stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=out, steps=2, batch_size=2), _items())
+    (out / "images" / "00003-s3.png").unlink()
+    with pytest.raises(stage.SnapdistillError, match=r"holds images made with other settings \(batch_size differ\)"):
+        stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=out, steps=2, batch_size=3), _items())
+    assert not (out / "images" / "00003-s3.png").exists()
+    settings = json.loads((out / "run.json").read_text())
+    assert (settings["batch_size"], settings["processes"]) == (2, 1)
+    del settings["batch_size"], settings["processes"]
+    (out / "run.json").write_text(json.dumps(settings))
+    stage.run(stage.SampleConfig(model=str(tiny_eps_dir), out=out, steps=2, batch_size=3), _items())
+    assert (out / "images" / "00003-s3.png").is_file()

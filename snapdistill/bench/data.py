@@ -11,6 +11,8 @@ stripes, hard-edged shapes, text) are resized to 512. Figures, each timed in thi
   `_2w_reduced` (the default `--reduced-decode`), `reduced_speedup` = reduced build 1w / bare
   (goal >= 1.5), and the PSNR of reduced against full decoding (`reduced_psnr_mean`/`_p05`/`_min`, goal
   >= 38 dB; fine stripes near the output's Nyquist rate are the worst case).
+* `shard_hash_share`: the sha256 each shard gets while it is written, timed over the shards' bytes, as a share of
+  the fastest build's time (goal < 0.03).
 * `*_cpu` ratios: the same from one process's CPU time, steadier than the wall clock while other
   jobs share the cores (`load_avg_1m` records how busy the machine was).
 
@@ -143,6 +145,20 @@ def reduced_psnr(paths: list[Path]) -> tuple[float, float, float]:
     return float(np.mean(values)), float(np.percentile(values, 5)), float(np.min(values))
 
 
+def hash_seconds(out: Path, repeats: int = 3) -> float:
+    """Best-of-`repeats` seconds to sha256 the bytes of every shard in `out`, read into memory first."""
+    import hashlib
+
+    blobs = [p.read_bytes() for p in sorted(Path(out).glob("*.tar"))]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for blob in blobs:
+            hashlib.sha256(blob).hexdigest()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def spread(values: list[float]) -> dict[str, float]:
     """min, median and max of `values`, rounded, with their count."""
     import statistics
@@ -174,6 +190,7 @@ def bench_data(workdir: Path, *, n: int = 1000, repeats: int = 3) -> dict:
             best[name] = max(best.get(name, 0.0), wall)
             best[name + "_cpu"] = max(best.get(name + "_cpu", 0.0), cpu)
     mean_psnr, p05_psnr, min_psnr = reduced_psnr(paths)
+    hash_s = hash_seconds(out)
     return {
         # The goal ratios of each pass (numerator and denominator timed back to back), as min/median/max: the
         # spread says how far one figure can be trusted on this machine.
@@ -198,6 +215,10 @@ def bench_data(workdir: Path, *, n: int = 1000, repeats: int = 3) -> dict:
         "reduced_psnr_mean": round(mean_psnr, 2),
         "reduced_psnr_p05": round(p05_psnr, 2),
         "reduced_psnr_min": round(min_psnr, 2),
+        # Hashing while writing: sha256 of every shard byte (from memory, as ShardFile hashes what it writes), as a
+        # share of the fastest build's time per record (2 workers, reduced decode): the cost it adds (goal < 0.03).
+        "shard_hash_s": round(hash_s, 4),
+        "shard_hash_share": round(hash_s / (n / best["build_data_2w_reduced"]), 4),
         "images": n,
         "target": TARGET,
         "load_avg_1m": round(os.getloadavg()[0], 2),

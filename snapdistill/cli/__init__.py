@@ -25,6 +25,7 @@ def _register() -> None:
         recaption,
         sample,
         toy,
+        verify,
     )
 
 

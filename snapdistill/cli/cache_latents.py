@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from snapdistill.cli.app import app, checked_dry_run
-from snapdistill.cli.options import AllowDownload, Device, DryRun, Out, Overwrite, Resolution, Shards, Teacher
+from snapdistill.cli.options import (
+    AllowDownload,
+    AllowLost,
+    Device,
+    DryRun,
+    Out,
+    Overwrite,
+    Resolution,
+    Shards,
+    Teacher,
+)
 
 
 @app.command("cache-latents")
@@ -23,6 +33,7 @@ def cache_latents(
     device: Device = None,
     allow_download: AllowDownload = False,
     overwrite: Overwrite = False,
+    allow_lost: AllowLost = False,
     dry_run: DryRun = False,
 ) -> None:
     """Write the shards again to OUT, each sample also carrying its VAE latent and caption embedding.
@@ -43,7 +54,7 @@ def cache_latents(
 
     config = stage.CacheConfig(teacher=teacher, shards=shards, out=out, resolution=resolution, batch_size=batch_size,
                                text_dtype=text_dtype, device=device, allow_download=allow_download,
-                               overwrite=overwrite)
+                               overwrite=overwrite, allow_lost=allow_lost)
     if checked_dry_run(config, dry_run):
         return
     manifest = stage.run(config)

@@ -14,6 +14,7 @@ import typer
 from snapdistill.cli.app import app, checked_dry_run
 from snapdistill.cli.options import (
     AllowDownload,
+    AllowLost,
     BatchSize,
     CaptionDropout,
     CheckpointEvery,
@@ -95,6 +96,7 @@ def _loop_options(
     allow_download: AllowDownload = False,
     resume: Resume = None,
     overwrite: Overwrite = False,
+    allow_lost: AllowLost = False,
     dry_run: DryRun = False,
 ) -> None:
     """The training-loop options every training command takes, listed once; `training_command` and

@@ -19,6 +19,10 @@ AllowDownload = Annotated[
     bool, typer.Option("--allow-download", help="Let a known teacher name download from the Hugging Face hub.")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Base seed: prompt index i uses seed + i.")]
+AllowLost = Annotated[bool, typer.Option(
+    "--allow-lost-samples", help="Go on when an input shard is missing or holds fewer samples than its manifest "
+                                 "lists (else one line, exit 2); the manifest records, per shard, what was expected "
+                                 "and what was read.")]
 
 # Training options shared by distill-guidance and distill-steps.
 Shards = Annotated[Path, typer.Option("--shards", help="A build-data (or recaption) output folder.")]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from snapdistill.cli.app import app, checked_dry_run
-from snapdistill.cli.options import Device, DryRun, Dtype, Out
+from snapdistill.cli.options import AllowLost, Device, DryRun, Dtype, Out
 
 
 @app.command()
@@ -27,6 +27,7 @@ def recaption(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 16,
     dtype: Dtype = "fp32",
     device: Device = None,
+    allow_lost: AllowLost = False,
     dry_run: DryRun = False,
 ) -> None:
     """Write recaptioned shards to OUT: new `txt`, the old one kept as `txt_orig`, json gains caption_source.
@@ -47,7 +48,7 @@ def recaption(
 
     config = stage.RecaptionConfig(
         input=input_dir, out=out, mode=mode, captioner=captioner, prompt=prompt, max_new_tokens=max_new_tokens,
-        clip=clip, clip_arch=clip_arch, batch_size=batch_size, dtype=dtype, device=device,
+        clip=clip, clip_arch=clip_arch, batch_size=batch_size, dtype=dtype, device=device, allow_lost=allow_lost,
     )
     if checked_dry_run(config, dry_run):
         return

@@ -35,6 +35,7 @@ from snapdistill.data.shards import (
     finished_shards,
     reset_to,
     shard_name,
+    shard_record,
     shard_texts,
 )
 from snapdistill.data.sources import Opened, SourceSpec, open_source, source_labels
@@ -169,6 +170,7 @@ class _Run:
         self.out = Path(config.out)
         self.next_input = done[-1]["next_input"] if done else 0
         self.shards = [(e["shard"], e["count"]) for e in done]
+        self.files = {e["shard"]: shard_record(self.out, e) for e in done}  # each shard's inventory record
         self.rejects = RejectLog(self.out / REJECTS)
         self.shard: ShardFile | None = None
         self.fresh = 0  # records handled in this process (for the rate)
@@ -237,8 +239,10 @@ class _Run:
         size = self.shard.close()
         name, count = self.shard.path.name, self.shard.count
         self.shards.append((name, count))
-        self.shard = None
-        append_line(self.out / PROGRESS, {"shard": name, "count": count, "bytes": size, "next_input": next_input,
+        self.files[name] = self.shard.record()
+        sha256, self.shard = self.shard.sha256, None
+        append_line(self.out / PROGRESS, {"shard": name, "count": count, "bytes": size, "sha256": sha256,
+                                          "next_input": next_input,
                                           "rejects_bytes": self.rejects.tell(), "tally": self.tally.data})
 
 
@@ -337,6 +341,7 @@ def run(config: BuildConfig, *, scorer=None) -> Path:
         inputs=inputs,
         outputs={"shards": names, "rejects": REJECTS, "progress": PROGRESS, "keys": ["jpg", "txt", "json"]},
         counts={**tally.data, "shards": len(names), "per_shard": dict(work.shards)},
+        files=work.files,
         metrics={"records_per_s_this_run": work.fresh / elapsed if elapsed > 0 else None, "elapsed_s": elapsed},
         seed=config.seed,
     )

@@ -22,7 +22,14 @@ import torch
 from snapdistill.data.images import image_tensor
 from snapdistill.data.latent_cache import EMBEDDING, FORMAT, LATENT, TEXT_DTYPES, cache_identity, npy_bytes
 from snapdistill.data.recaption import rewrite_shard
-from snapdistill.data.shards import check_settings, decode_sample
+from snapdistill.data.shards import (
+    ShardList,
+    check_settings,
+    decode_sample,
+    manifest_shards,
+    shard_records,
+    write_shard_record,
+)
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
 from snapdistill.models.encoding import TextEmbeddings, encode_latents
@@ -47,8 +54,13 @@ class CacheConfig:
     overwrite: bool = False
     progress: bool = True
 
-    def input_shards(self) -> list[Path]:
-        return sorted(Path(self.shards).glob("*.tar"))
+    allow_lost: bool = False             # go on without missing or cut shards' samples, recording them
+
+    def input_shards(self) -> ShardList:
+        """The shards `shards`' manifest lists, checked against the disk (once: warnings are not repeated)."""
+        if getattr(self, "_listed", None) is None:
+            self._listed = manifest_shards(Path(self.shards), allow_lost=self.allow_lost, stage="cache-latents")
+        return self._listed
 
     def check(self) -> None:
         """Refuse bad settings with one line, before anything is loaded or written."""
@@ -62,9 +74,8 @@ class CacheConfig:
             raise SnapdistillError(f"--text-dtype must be one of {', '.join(TEXT_DTYPES)}, got '{self.text_dtype}'")
         if not Path(self.shards).is_dir():
             raise SnapdistillError(f"{self.shards}: shard folder not found; build it with `snapdistill build-data`")
-        require_manifest(self.shards)
-        if not self.input_shards():
-            raise SnapdistillError(f"{self.shards}: no .tar shards to cache")
+        if not self.input_shards().paths:
+            raise SnapdistillError(f"{self.shards}: none of its shards is there to cache")
         model = resolve_model(self.teacher, allow_download=self.allow_download)
         check_out_apart(self.out, {"--shards": self.shards, "--teacher": model.path})
 
@@ -100,18 +111,23 @@ class Encoder:
         return out
 
 
-def cache_shard(src: Path, dst: Path, encoder: Encoder, batch_size: int, advance=lambda n: None) -> dict:
+def cache_shard(src: Path, dst: Path, encoder: Encoder, batch_size: int, advance=lambda n: None,
+                written: dict | None = None, *, expected: int | None = None, allow_lost: bool = False) -> dict:
     """Write the cached copy of shard `src` to `dst` (atomically); return its counts. A member whose name is
-    absolute or climbs with `..` is dropped and counted as `bad_key`, as recaption does."""
+    absolute or climbs with `..` is dropped and counted as `bad_key`, as recaption does; `written` receives
+    `rewrite_shard`'s record (inventory and loss)."""
     before, skipped = dict(encoder.counts), []
-    rewrite_shard(src, dst, encoder, batch_size, skipped, advance)
+    record = rewrite_shard(src, dst, encoder, batch_size, skipped, advance, expected=expected, allow_lost=allow_lost)
+    if written is not None:
+        written.update(record)
     return {**{k: v - before[k] for k, v in encoder.counts.items()}, "bad_key": len(skipped)}
 
 
 def _settings(config: CacheConfig, identity: dict) -> dict:
     """What decides the cached bytes: a resumed run must match (not the batch size, device or progress bar)."""
     body = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "device", "progress", "out",
-                                                                     "overwrite", "allow_download")}
+                                                                     "overwrite", "allow_download",
+                                                                     "allow_lost")}
     return json.loads(json.dumps({**body, **identity}, default=str))
 
 
@@ -149,7 +165,8 @@ def run(config: CacheConfig, *, pipe=None) -> Path:
     )
 
     config.check()
-    shards = config.input_shards()
+    listed = config.input_shards()
+    shards = listed.paths
     model = resolve_model(config.teacher, allow_download=config.allow_download)
     state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
@@ -170,8 +187,11 @@ def run(config: CacheConfig, *, pipe=None) -> Path:
     with _progress(config.progress and state.is_main_process) as bar:
         task = bar.add_task("samples", total=None)
         for shard in todo:
+            written: dict = {}
             counts = cache_shard(shard, out / shard.name, encoder, config.batch_size,
-                                 lambda n: bar.advance(task, n))
+                                 lambda n: bar.advance(task, n), written, expected=listed.expected[shard.name],
+                                 allow_lost=config.allow_lost)
+            write_shard_record(out / STATS, shard.name, written)
             atomic_write_text(out / STATS / f"{shard.name}.json", json.dumps(counts) + "\n")
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -185,6 +205,7 @@ def run(config: CacheConfig, *, pipe=None) -> Path:
               "vae_config": dict(pipe.vae.config), "text_encoder": type(pipe.text_encoder).__name__,
               "latent_shape": latent_shape, "latent_dtype": "fp32", "text_shape": text_shape,
               "text_dtype": config.text_dtype, "keys": {"latent": LATENT, "text_embedding": EMBEDDING}}
+    files, lost = shard_records(out / STATS, listed, "cache-latents")
     upstream = require_manifest(config.shards)
     keys = list(dict.fromkeys([*(upstream.get("outputs") or {}).get("keys", ["jpg", "txt", "json"]), LATENT,
                                EMBEDDING]))
@@ -192,4 +213,5 @@ def run(config: CacheConfig, *, pipe=None) -> Path:
                           inputs=[input_entry(model.path, spec=config.teacher), input_entry(config.shards)],
                           outputs={"shards": [s.name for s in shards], "stats": STATS,
                                    "keys": keys, "cache": record},
-                          counts={**totals, "shards": len(shards), "per_shard": per_shard})
+                          counts={**totals, "shards": len(shards), "per_shard": per_shard, "lost": lost},
+                          files=files)

@@ -16,15 +16,28 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from snapdistill.data import captions
-from snapdistill.data.shards import REJECTS, ShardFile, check_settings, member_name_problem
+from snapdistill.data.shards import (
+    ALLOW_LOST,
+    REJECTS,
+    ShardFile,
+    ShardList,
+    ShortShard,
+    check_settings,
+    count_problem,
+    manifest_shards,
+    member_name_problem,
+    shard_records,
+    write_shard_record,
+)
 from snapdistill.errors import SnapdistillError
-from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, require_manifest, write_manifest
+from snapdistill.manifest import MANIFEST, atomic_write_text, input_entry, write_manifest
 from snapdistill.outdir import check_out_apart, prepare_out
 
 MODES = ("clean", "replace", "keep-better")
@@ -48,9 +61,13 @@ class RecaptionConfig:
     dtype: str = "fp32"
     device: str | None = None            # None: cuda when available, else cpu
 
-    def input_shards(self) -> list[Path]:
-        """The .tar shards of `input`, in name order."""
-        return sorted(Path(self.input).glob("*.tar"))
+    allow_lost: bool = False             # go on without missing or cut shards' samples, recording them
+
+    def input_shards(self) -> ShardList:
+        """The shards `input`'s manifest lists, checked against the disk (once: warnings are not repeated)."""
+        if getattr(self, "_shards", None) is None:
+            self._shards = manifest_shards(Path(self.input), allow_lost=self.allow_lost, stage="recaption")
+        return self._shards
 
     def check(self) -> None:
         """Refuse bad settings with one line, before anything is written or loaded."""
@@ -62,9 +79,8 @@ class RecaptionConfig:
             raise SnapdistillError("--batch-size and --max-new-tokens must be positive")
         if not Path(self.input).is_dir():
             raise SnapdistillError(f"{self.input}: input folder not found; give a build-data output folder")
-        require_manifest(self.input)
-        if not self.input_shards():
-            raise SnapdistillError(f"{self.input}: no .tar shards to recaption")
+        if not self.input_shards().paths:
+            raise SnapdistillError(f"{self.input}: none of its shards is there to recaption")
         check_out_apart(self.out, {"--in": self.input, "--captioner": self.captioner, "--clip": self.clip})
         if self.mode != "clean":
             if self.captioner is None:
@@ -74,19 +90,28 @@ class RecaptionConfig:
             raise SnapdistillError(f"{self.clip}: --mode keep-better needs --clip PATH (an open_clip folder or checkpoint)")
 
 
-def read_samples(path: Path, rejects: list[dict] | None = None) -> Iterator[dict]:
+def read_samples(path: Path, rejects: list[dict] | None = None, errors: list[str] | None = None) -> Iterator[dict]:
     """Samples of a tar as {"__key__": key, ext: bytes}, in file order (webdataset's grouping).
 
     A member whose name is absolute, climbs with `..` or holds a backslash or NUL is skipped (it would
-    be written out under the same name) and listed in `rejects` as `bad_key`.
+    be written out under the same name) and listed in `rejects` as `bad_key`. A tar that does not open or
+    breaks off is one line (SnapdistillError); with `errors` given, its reason is appended there instead and
+    the samples read until then are the shard's (a counted loss, `--allow-lost-samples`).
     """
+    def fail(why: str, e: BaseException):
+        if errors is None:
+            raise SnapdistillError(f"{path}: unreadable shard ({why}); rebuild it with build-data") from e
+        errors.append(why)
+
     current: dict | None = None
     try:
         tar = tarfile.open(path)
     except tarfile.ReadError as e:  # its message lists every compression tried, one line each
-        raise SnapdistillError(f"{path}: unreadable shard (not a tar archive); rebuild it with build-data") from e
+        fail("not a tar archive", e)
+        return
     except OSError as e:
-        raise SnapdistillError(f"{path}: unreadable shard ({e.strerror or e}); rebuild it with build-data") from e
+        fail(str(e.strerror or e), e)
+        return
     try:
         with tar:
             for member in tar:
@@ -105,8 +130,8 @@ def read_samples(path: Path, rejects: list[dict] | None = None) -> Iterator[dict
                     current = {"__key__": key}
                 current[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as e:
-        why = " ".join(str(e).split())
-        raise SnapdistillError(f"{path}: unreadable shard ({why}); rebuild it with build-data") from e
+        fail(" ".join(str(e).split()), e)
+        return  # the sample being read when it broke off is lost with the rest
     if current is not None:
         yield current
 
@@ -192,14 +217,22 @@ class Recaptioner:
 
 
 def rewrite_shard(src: Path, dst: Path, transform, batch_size: int, skipped: list[dict],
-                  advance=lambda n: None) -> None:
+                  advance=lambda n: None, *, expected: int | None = None, allow_lost: bool = False) -> dict:
     """Write shard `src`'s samples, passed through `transform(list of samples) -> samples` in batches of
     `batch_size`, to `dst` (atomically: no half-written NAME.tar.tmp is left in the folder). Members skipped for
-    their names are appended to `skipped`; `advance(n)` is called after each batch."""
+    their names are appended to `skipped`; `advance(n)` is called after each batch.
+
+    `expected`: the samples `src`'s manifest lists. Reading fewer (a shard cut short or broken off) is one line
+    and nothing is written, unless `allow_lost`: then what was read is written and the loss is returned.
+    Returns {"file": the written shard's inventory record, "lost": {"expected", "read", "reason"} or None}.
+    """
     shard = ShardFile(dst)
+    errors: list[str] | None = [] if allow_lost else None
+    read = 0
     try:
         batch: list[dict] = []
-        for sample in read_samples(src, skipped):
+        for sample in read_samples(src, skipped, errors):
+            read += 1
             batch.append(sample)
             if len(batch) == batch_size:
                 for s in transform(batch):
@@ -209,19 +242,31 @@ def rewrite_shard(src: Path, dst: Path, transform, batch_size: int, skipped: lis
         for s in transform(batch) if batch else []:
             shard.write(s)
         advance(len(batch))
+        problem = count_problem(src, expected, read, errors[0] if errors else "")
+        if problem and not allow_lost:
+            raise ShortShard(f"{problem}; copy the shard again from where it came, or pass {ALLOW_LOST} to go on "
+                             "without the samples it lacks")
     except BaseException:
         shard.abort()
         raise
     shard.close()
+    lost = None
+    if problem:
+        print(f"warning: {problem}; going on with {read} ({ALLOW_LOST})", file=sys.stderr, flush=True)
+        lost = {"expected": expected, "read": read, "reason": errors[0] if errors else "fewer samples"}
+    return {"file": shard.record(), "lost": lost}
 
 
 def recaption_shard(src: Path, dst: Path, recaptioner: Recaptioner, batch_size: int,
-                    rejects: list[dict] | None = None) -> dict:
+                    rejects: list[dict] | None = None, written: dict | None = None, *, expected: int | None = None,
+                    allow_lost: bool = False) -> dict:
     """Write the recaptioned copy of shard `src` to `dst`; return its counts. Members skipped for their
-    names are appended to `rejects`."""
+    names are appended to `rejects`; `written` receives `rewrite_shard`'s record (inventory and loss)."""
     before = dict(recaptioner.counts)
     skipped: list[dict] = []
-    rewrite_shard(src, dst, recaptioner, batch_size, skipped)
+    record = rewrite_shard(src, dst, recaptioner, batch_size, skipped, expected=expected, allow_lost=allow_lost)
+    if written is not None:
+        written.update(record)
     if rejects is not None:
         rejects.extend(skipped)
     counts = {k: v - before.get(k, 0) for k, v in recaptioner.counts.items() if v - before.get(k, 0)}
@@ -245,7 +290,8 @@ def load(config: RecaptionConfig, device: str) -> Recaptioner:
 
 def _settings(config: RecaptionConfig) -> dict:
     body = asdict(config)
-    for key in ("batch_size", "device", "out"):  # batching and placement do not change the captions' meaning
+    # Batching and placement do not change the captions' meaning; allowing a loss changes no sample's bytes.
+    for key in ("batch_size", "device", "out", "allow_lost"):
         body.pop(key)
     return json.loads(json.dumps(body, default=str))
 
@@ -265,7 +311,8 @@ def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> P
     from snapdistill.models.loading import default_device
 
     config.check()
-    shards = config.input_shards()
+    listed = config.input_shards()
+    shards = listed.paths
     state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     recaptioner = recaptioner or load(config, device)
@@ -281,9 +328,12 @@ def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> P
         if (out / shard.name).is_file() and stats.is_file():
             continue  # finished before a stop
         rejects: list[dict] = []
-        counts = recaption_shard(shard, out / shard.name, recaptioner, config.batch_size, rejects)
-        # The shard's rejects first: its stats file is what marks it done.
+        written: dict = {}
+        counts = recaption_shard(shard, out / shard.name, recaptioner, config.batch_size, rejects, written,
+                                 expected=listed.expected[shard.name], allow_lost=config.allow_lost)
+        # The shard's rejects and record first: its stats file is what marks it done.
         atomic_write_text(out / STATS / f"{shard.name}.rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
+        write_shard_record(out / STATS, shard.name, written)
         atomic_write_text(stats, json.dumps(counts) + "\n")
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -291,8 +341,10 @@ def run(config: RecaptionConfig, *, recaptioner: Recaptioner | None = None) -> P
     totals, per_shard = _totals(out, shards)
     per_shard_rejects = [out / STATS / f"{s.name}.rejects.jsonl" for s in shards]
     atomic_write_text(out / REJECTS, "".join(p.read_text(encoding="utf-8") for p in per_shard_rejects if p.is_file()))
+    files, lost = shard_records(out / STATS, listed, "recaption")
     inputs = [input_entry(config.input)] + [input_entry(p) for p in (config.captioner, config.clip) if p]
     return write_manifest(out, stage="recaption", config={**asdict(config), "device": device}, inputs=inputs,
                           outputs={"shards": [s.name for s in shards], "stats": STATS, "rejects": REJECTS,
                                    "keys": ["jpg", "txt", "txt_orig", "json"]},
-                          counts={**totals, "shards": len(shards), "per_shard": per_shard})
+                          counts={**totals, "shards": len(shards), "per_shard": per_shard, "lost": lost},
+                          files=files)

@@ -10,15 +10,26 @@ input gives the same shards for any number of workers, and after a resume.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
+import sys
 import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from snapdistill.manifest import atomic_write_text, refuse_other_settings, settings_diff
+from snapdistill.errors import SnapdistillError
+from snapdistill.inventory import sha256_file
+from snapdistill.manifest import (
+    MANIFEST,
+    atomic_write_text,
+    refuse_other_settings,
+    require_manifest,
+    settings_diff,
+)
 
 PROGRESS = "progress.jsonl"
 REJECTS = "rejects.jsonl"
@@ -56,7 +67,13 @@ class ShardFile:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self._file = open(self.tmp, "wb")
+        self._hash = hashlib.sha256()  # of the bytes as they are written: no second pass over the shard
         self.count = 0
+        self.sha256 = ""
+
+    def _put(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
 
     def write(self, sample: dict) -> None:
         """`sample` maps `__key__` to a str and each extension to bytes (members in sorted order)."""
@@ -65,21 +82,26 @@ class ShardFile:
             data = sample[ext]
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, OWNER, OWNER
-            self._file.write(info.tobuf(tarfile.USTAR_FORMAT))
-            self._file.write(data)
-            self._file.write(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
+            self._put(info.tobuf(tarfile.USTAR_FORMAT))
+            self._put(data)
+            self._put(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
         self.count += 1
 
     def close(self) -> int:
         """Finish the tar (two zero blocks, padded to a record, as tarfile does), move it into place;
-        return its size in bytes."""
-        self._file.write(b"\0" * (2 * tarfile.BLOCKSIZE))
-        self._file.write(b"\0" * (-self._file.tell() % tarfile.RECORDSIZE))
+        return its size in bytes (`sha256` then holds its hash)."""
+        self._put(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self._put(b"\0" * (-self._file.tell() % tarfile.RECORDSIZE))
+        self.sha256 = self._hash.hexdigest()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.path)
         return self.path.stat().st_size
+
+    def record(self) -> dict:
+        """The closed shard's inventory record: {"bytes", "sha256", "samples"}."""
+        return {"bytes": self.path.stat().st_size, "sha256": self.sha256, "samples": self.count}
 
     def abort(self) -> None:
         """Drop the unfinished shard: close and delete its temporary file (deleted even when closing fails, as it
@@ -190,3 +212,141 @@ def decode_sample(sample: dict) -> tuple:
         image.load()
         image = image.convert("RGB")
     return image, sample["txt"].decode("utf-8")
+
+
+ALLOW_LOST = "--allow-lost-samples"
+
+
+@dataclass
+class ShardList:
+    """The shards of a finished stage folder, as its manifest lists them, checked before anything is read.
+
+    `paths`: the shards to read, in the manifest's order; `expected`: name -> samples the manifest says it holds
+    (None where it does not say); `lost`: what is already known lost (missing shards, with `--allow-lost-samples`),
+    the input's own record first, so later stages carry it forward."""
+
+    folder: Path
+    paths: list[Path]
+    expected: dict[str, int | None]
+    lost: list[dict]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _expected_samples(manifest: dict, name: str) -> int | None:
+    record = (manifest.get("files") or {}).get(name) or {}
+    if isinstance(record.get("samples"), int):
+        return record["samples"]
+    per_shard = (manifest.get("counts") or {}).get("per_shard") or {}
+    value = per_shard.get(name)
+    if isinstance(value, dict):  # recaption and cache-latents: counts per shard
+        value = value.get("samples")
+    return value if isinstance(value, int) else None
+
+
+def manifest_shards(folder: Path, *, allow_lost: bool = False, stage: str = "", warn=_warn) -> ShardList:
+    """The shards `folder`'s manifest lists, checked against the disk before any model loads.
+
+    A listed shard that is missing, or whose size differs from the manifest's, is one line naming it and the
+    samples it should hold (SnapdistillError, exit 2); with `allow_lost` it is named in a warning instead (a
+    missing one is dropped and recorded in `lost`; a cut one is read as far as it goes, and its readers count the
+    samples it lacks). A `.tar` the manifest does not list is named in a warning and not read. A folder written
+    before manifests recorded sizes is read from its list, with one line saying what cannot be checked.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SnapdistillError(f"{folder}: shard folder not found; build it with `snapdistill build-data`")
+    manifest = require_manifest(folder)
+    names = (manifest.get("outputs") or {}).get("shards")
+    if names is None:
+        names = sorted(p.name for p in folder.glob("*.tar"))
+        if names:
+            warn(f"{folder}: its manifest.json lists no shards: reading the {len(names)} .tar files there, unchecked")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SnapdistillError(f"{folder}: its manifest.json's outputs.shards is not a list of names; rebuild the "
+                               "folder with the stage that wrote it")
+    for name in names:
+        if "/" in name or member_name_problem(name) or not name.endswith(".tar"):
+            raise SnapdistillError(f"{folder}: its manifest.json lists a shard named {name!r}, not a .tar in the "
+                                   "folder; rebuild the folder with the stage that wrote it")
+    if not names:
+        raise SnapdistillError(f"{folder}: its manifest.json lists no shards; build them with `snapdistill build-data`")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        warn(f"{folder}: written before manifests recorded shard sizes: missing shards are caught, cut or changed "
+             "ones are not (rerun the stage that wrote it to record them)")
+        files = {}
+    carried = [dict(e) for e in ((manifest.get("counts") or {}).get("lost") or []) if isinstance(e, dict)]
+    expected = {name: _expected_samples(manifest, name) for name in names}
+    paths, problems, lost = [], [], []
+    for name in names:
+        path, record, holds = folder / name, files.get(name) or {}, expected[name]
+        should = f"; it should hold {holds} samples" if holds is not None else ""
+        if not path.is_file():
+            problems.append(f"{path}: missing{should}")
+            lost.append({"stage": stage, "folder": str(folder.resolve()), "shard": name, "expected": holds,
+                         "read": 0, "reason": "missing"})
+            continue
+        if "bytes" in record and path.stat().st_size != record["bytes"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {record['bytes']} "
+                            f"(cut short or changed){should}")
+        paths.append(path)
+    if problems and not allow_lost:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SnapdistillError(f"{problems[0]}{more}; copy the shard again from where it came, or pass {ALLOW_LOST} "
+                               "to go on without the samples it lacks")
+    for problem in problems:
+        warn(f"{problem}; going on without the samples it lacks ({ALLOW_LOST})")
+    listed = set(names)
+    for path in sorted(folder.glob("*.tar")):
+        if path.name not in listed:
+            warn(f"{path}: not listed in {folder / MANIFEST}; not read")
+    return ShardList(folder, paths, expected, carried + lost)
+
+
+class ShortShard(SnapdistillError):
+    """A shard that gave fewer (or more) samples than its manifest lists."""
+
+
+def count_problem(path: Path, expected: int | None, read: int, error: str = "") -> str | None:
+    """Why a shard read in full is not what its manifest says (None when it is)."""
+    if error:
+        return f"{path}: unreadable after {read} of {expected if expected is not None else '?'} samples ({error})"
+    if expected is not None and read != expected:
+        return f"{path}: read {read} samples, the manifest lists {expected} (cut short or damaged)"
+    return None
+
+
+def write_shard_record(stats: Path, name: str, written: dict) -> None:
+    """Keep a rewritten shard's inventory record and loss (`rewrite_shard`'s result) until the manifest is written:
+    `stats/NAME.file.json`, beside the stats file that marks the shard done."""
+    atomic_write_text(Path(stats) / f"{name}.file.json", json.dumps(written) + "\n")
+
+
+def shard_records(stats: Path, listed: ShardList, stage: str) -> tuple[dict, list[dict]]:
+    """({shard name: inventory record}, lost) of a stage that rewrote `listed`'s shards shard by shard: the records
+    kept by `write_shard_record`, and the losses (the input's, carried forward, then this stage's)."""
+    files, lost = {}, list(listed.lost)
+    for path in listed.paths:
+        kept = Path(stats) / f"{path.name}.file.json"
+        if not kept.is_file():  # a shard finished by a version that kept no record: hashed now, once
+            done = Path(stats).parent / path.name
+            kept_record = {"bytes": done.stat().st_size, "sha256": sha256_file(done)}
+            written = {"file": kept_record, "lost": None}
+        else:
+            written = json.loads(kept.read_text(encoding="utf-8"))
+        files[path.name] = written["file"]
+        if written.get("lost"):
+            lost.append({"stage": stage, "folder": str(listed.folder.resolve()), "shard": path.name, **written["lost"]})
+    return files, lost
+
+
+def shard_record(out: Path, entry: dict) -> dict:
+    """The inventory record of a shard finished before a stop, from its `progress.jsonl` entry (a line written
+    before entries kept the hash is hashed now, once)."""
+    sha256 = entry.get("sha256")
+    if not sha256:
+        sha256 = sha256_file(Path(out) / entry["shard"])
+    return {"bytes": entry["bytes"], "sha256": sha256, "samples": entry["count"]}

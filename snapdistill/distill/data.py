@@ -19,23 +19,19 @@ from pathlib import Path
 import torch
 
 from snapdistill.data.images import image_tensor
-from snapdistill.data.shards import decode_sample
+from snapdistill.data.shards import ALLOW_LOST, ShardList, decode_sample, manifest_shards
 from snapdistill.errors import SnapdistillError
-from snapdistill.manifest import require_manifest
 
 SHUFFLE_BUFFER = 256
 
 
-def find_shards(folder: Path) -> list[str]:
-    """The `*.tar` shards of a finished build-data/recaption folder, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SnapdistillError(f"{folder}: shard folder not found; build it with `snapdistill build-data`")
-    require_manifest(folder)
-    shards = sorted(str(p) for p in folder.glob("*.tar"))
-    if not shards:
-        raise SnapdistillError(f"{folder}: no shards found (*.tar); build them with `snapdistill build-data`")
-    return shards
+def find_shards(folder: Path, *, allow_lost: bool = False, stage: str = "") -> ShardList:
+    """The shards a finished build-data/recaption/cache-latents folder's manifest lists, checked against the disk
+    (`snapdistill.data.shards.manifest_shards`: a missing or resized shard is one line unless `allow_lost`)."""
+    listed = manifest_shards(Path(folder), allow_lost=allow_lost, stage=stage)
+    if not listed.paths:
+        raise SnapdistillError(f"{folder}: none of its shards is there; build them with `snapdistill build-data`")
+    return listed
 
 
 MAX_BAD_SHARE = 0.1  # more unreadable samples than this share of an epoch stops training
@@ -71,6 +67,18 @@ class _BadSamples:
                                    "rebuild the shards with build-data")
 
 
+def lost_summary(epoch: int, expected: dict[str, int], read: dict[str, int], first: str) -> tuple[int, int, str]:
+    """(lost, expected, message) of one epoch over shards whose sample counts the manifest lists: the samples lost
+    are those listed but not read (unreadable, or in a part of the shard that is gone), named by shard."""
+    total = sum(expected.values())
+    short = {name: (read.get(name, 0), n) for name, n in expected.items() if read.get(name, 0) < n}
+    lost = sum(n - got for got, n in short.values())
+    where = ", ".join(f"{Path(name).name}: {got} of {n} read" for name, (got, n) in list(short.items())[:3])
+    more = f" and {len(short) - 3} more shards" if len(short) > 3 else ""
+    why = f"; first error: {first}" if first else ""
+    return lost, total, f"{lost} of {total} training samples lost in epoch {epoch} ({where}{more}{why})"
+
+
 class ShardPairs:
     """An endless, seeded stream of (pixels, caption) pairs over the shards, epoch after epoch.
 
@@ -81,9 +89,18 @@ class ShardPairs:
     `latent.npy` and `txt_emb.npy`, or whose arrays do not load with the recorded shapes, is skipped the same way.
     """
 
-    def __init__(self, shards: list[str], *, size: int, seed: int = 0, cached: dict | None = None):
+    def __init__(self, shards: list[str] | ShardList, *, size: int, seed: int = 0, cached: dict | None = None,
+                 allow_lost: bool = False):
         # cached: the shards' cache record; then samples are (latent, text embedding) and batches are tensors.
+        # From a ShardList, each epoch counts the samples read per shard against the manifest's counts: the
+        # warning counts samples lost, and more than 10% lost stops training unless `allow_lost`.
+        self.expected: dict[str, int] | None = None
+        if isinstance(shards, ShardList):
+            if all(shards.expected.get(p.name) is not None for p in shards.paths):
+                self.expected = {str(p): shards.expected[p.name] for p in shards.paths}
+            shards = [str(p) for p in shards.paths]
         self.shards, self.size, self.seed, self.cached = list(shards), size, seed, cached
+        self.allow_lost = allow_lost
 
     def _decode(self, raw: dict) -> tuple:
         if self.cached is None:
@@ -110,22 +127,42 @@ class ShardPairs:
         ds = wds.WebDataset(order, shardshuffle=False, nodesplitter=wds.split_by_node,
                             workersplitter=wds.split_by_worker, empty_check=False, handler=bad.handler)
         buffer: list = []
+        read: dict[str, int] = {}
         for raw in ds:
             try:
                 sample = self._decode(raw)
             except Exception as exn:  # one damaged sample must not stop a long run
                 bad.add(f"{raw.get('__url__')}: {raw.get('__key__')}", exn)
-                bad.check()
+                if not self.allow_lost:
+                    bad.check()
                 continue
             bad.good += 1
+            read[raw.get("__url__")] = read.get(raw.get("__url__"), 0) + 1
             buffer.append(sample)
             if len(buffer) >= SHUFFLE_BUFFER:
                 yield buffer.pop(rng.randrange(len(buffer)))
-        bad.check(final=True)
-        if bad.bad:
-            print(f"warning: {bad.summary()}; skipped", file=sys.stderr, flush=True)
+        self._report(epoch, order, bad, read)
         rng.shuffle(buffer)
         yield from buffer
+
+    def _report(self, epoch: int, order: list[str], bad: _BadSamples, read: dict[str, int]) -> None:
+        """The epoch's one line: samples lost against the manifest's counts (of this process's shards), or, where
+        the counts are unknown, the samples found unreadable; more than 10% stops training unless allowed."""
+        import webdataset as wds
+
+        if self.expected is None:
+            if not self.allow_lost:
+                bad.check(final=True)
+            if bad.bad:
+                print(f"warning: {bad.summary()}; skipped", file=sys.stderr, flush=True)
+            return
+        mine = list(wds.split_by_node(order))
+        lost, total, message = lost_summary(epoch, {u: self.expected[u] for u in mine}, read, bad.first)
+        if lost > MAX_BAD_SHARE * total and not self.allow_lost:
+            raise SnapdistillError(f"{message}: more than {MAX_BAD_SHARE:.0%}; copy or rebuild the shards, or pass "
+                                   f"{ALLOW_LOST} to train on what is left")
+        if lost:
+            print(f"warning: {message}; skipped", file=sys.stderr, flush=True)
 
     def batches(self, batch_size: int, *, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[str]]]:
         """Batches of (pixels [B,3,S,S], captions), after skipping the first `skip` samples; from cached shards,
@@ -151,8 +188,8 @@ class ShardCaptions(ShardPairs):
     """The same seeded stream as `ShardPairs`, of captions alone: only each sample's `txt` is read, no image is
     decoded (a prompt-only route). Batches are lists of captions."""
 
-    def __init__(self, shards: list[str], *, seed: int = 0):
-        super().__init__(shards, size=0, seed=seed)
+    def __init__(self, shards: list[str] | ShardList, *, seed: int = 0, allow_lost: bool = False):
+        super().__init__(shards, size=0, seed=seed, allow_lost=allow_lost)
 
     def _decode(self, raw: dict) -> tuple:
         if "txt" not in raw:

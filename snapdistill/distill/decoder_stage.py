@@ -67,6 +67,7 @@ class DecoderConfig:
     allow_download: bool = False
     resume: str | None = None
     overwrite: bool = False
+    allow_lost: bool = False                 # train without missing or cut shards' samples, recording them
 
     def check(self) -> None:
         """Refuse impossible settings with one line, before the teacher loads or anything is written."""
@@ -226,7 +227,8 @@ def run(config: DecoderConfig) -> Path:
               "--perceptual": None if config.perceptual in (None, "toy") else config.perceptual,
               "--sampler": config.sampler and resolve_model(config.sampler).path}
     check_out_apart(config.out, inputs)
-    shards = find_shards(config.shards)
+    listed = find_shards(config.shards, allow_lost=config.allow_lost, stage="distill-decoder")
+    shards = [str(p) for p in listed.paths]
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(teacher_model, device=device, allow_download=config.allow_download)
     teacher_vae = pipe.vae.requires_grad_(False).eval()
@@ -261,7 +263,8 @@ def run(config: DecoderConfig) -> Path:
     pool = (sampled_latents(config, pipe, shard_captions(shards, config.sample_count), out / SAMPLED)
             if sampled else None)
     # From cached shards the stream gives (latents, text embeddings) in the same order as (pixels, captions).
-    pairs = ShardPairs(shards, size=size, seed=config.train.seed, cached=cached) if encoded else None
+    pairs = (ShardPairs(listed, size=size, seed=config.train.seed, cached=cached, allow_lost=config.allow_lost)
+             if encoded else None)
 
     def batches(skip: int):
         # `skip` counts samples; each optimisation step took `sampled` of the pool and `encoded` of the shards.
@@ -325,7 +328,8 @@ def run(config: DecoderConfig) -> Path:
     entries += [input_entry(Path(config.into), role="into")] if config.into is not None else []
     return write_manifest(
         out, stage="distill-decoder", config=resolved_config(config), inputs=entries, outputs=outputs,
-        counts={"steps": result.steps, "samples": result.steps * config.train.batch_size * config.train.grad_accum},
+        counts={"steps": result.steps, "samples": result.steps * config.train.batch_size * config.train.grad_accum,
+                "lost": listed.lost},
         metrics=metrics, seed=config.train.seed)
 
 

@@ -28,10 +28,10 @@ def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
     import torch
 
     from snapdistill.dist import process_state
-    from snapdistill.distill.data import PromptLines, ShardCaptions, find_shards
+    from snapdistill.distill.data import PromptLines, ShardCaptions
     from snapdistill.distill.dmd import PromptBatch
     from snapdistill.distill.run import first_captions
-    from snapdistill.distill.stage import drop_captions
+    from snapdistill.distill.stage import drop_captions, training_shards
     from snapdistill.sampling.prompts import prompts_from_file
 
     common = config.common
@@ -40,9 +40,9 @@ def prompt_data(config: StepsConfig, text, *, seed: int) -> tuple:
         state = process_state()
         stream, val = PromptLines(prompts, seed=seed, rank=state.process_index, world=state.num_processes), prompts
     else:
-        shards = find_shards(common.shards)
-        val = first_captions(shards, common.val_prompts) if common.val_prompts else []
-        stream = ShardCaptions(shards, seed=seed)
+        shards = training_shards(common)
+        val = first_captions([str(p) for p in shards.paths], common.val_prompts) if common.val_prompts else []
+        stream = ShardCaptions(shards, seed=seed, allow_lost=common.allow_lost)
 
     def batches(skip: int):
         return stream.batches(common.train.batch_size, skip=skip)
@@ -98,7 +98,7 @@ def run(config: StepsConfig) -> Path | None:
     given = {flag: path for flag, path in (("--prompts", dmd.prompts), ("--init", dmd.init)) if path is not None}
     if given:
         check_out_apart(common.out, given)
-    teacher = load_teacher(common)
+    teacher = load_teacher(common, shards=config.dmd.prompts is None)
     teacher_record = StudentRecord.read(teacher.path)
     if teacher_record is not None and teacher_record.step_distilled:
         raise SnapdistillError(f"--teacher {common.teacher} is a {teacher_record.num_inference_steps}-step student; "

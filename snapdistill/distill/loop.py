@@ -29,18 +29,27 @@ import torch
 
 from snapdistill.dist import on_cpu
 from snapdistill.distill import tracking
+from snapdistill.distill.checkpoint_files import (  # noqa: F401 - latest_checkpoint and the names are used from here
+    CHECKPOINT_FILES,
+    CHECKPOINTS,
+    EMA,
+    EXTRA,
+    EXTRA_OPTIMIZER,
+    LATEST,
+    MODEL,
+    OPTIMIZER,
+    SCALER,
+    TRAINER,
+    check_checkpoint,
+    latest_checkpoint,
+    load_safetensors,
+    load_tensors,
+    trainer_state,
+)
 from snapdistill.distill.optim import check_optimizer, make_optimizer
 from snapdistill.distill.tracking import check_report_to
 from snapdistill.errors import SnapdistillError
 from snapdistill.manifest import atomic_write_text
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-# The files of a checkpoint: tensors and JSON only. Anything else in the folder is refused, not read.
-MODEL, OPTIMIZER, EMA, SCALER, TRAINER = "model.safetensors", "optimizer.pt", "ema.pt", "scaler.pt", "trainer.json"
-EXTRA = "extra.safetensors"  # the weights of `train`'s `extra_module` (a consistency target, a fake score network)
-EXTRA_OPTIMIZER = "extra_optimizer.pt"  # the state of `train`'s `extra_optimizer` (the fake score network's)
-CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER, EXTRA, EXTRA_OPTIMIZER)
 
 
 @dataclass
@@ -108,40 +117,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = Path(run_dir) / CHECKPOINTS / pointer.read_text().strip()
-    return path if path.is_dir() else None
-
-
-def check_checkpoint(path: Path) -> Path:
-    """Refuse a folder that is not a checkpoint this loop wrote (an unexpected file, or a missing one) before
-    anything in it is opened: a pickle placed there is never read."""
-    path = Path(path)
-    if not path.is_dir():
-        raise SnapdistillError(f"{path}: checkpoint folder not found")
-    for f in sorted(path.iterdir()):
-        if f.name not in CHECKPOINT_FILES or not f.is_file():
-            raise SnapdistillError(f"{path}: not a snapdistill checkpoint (unexpected file {f.name}); refusing to load it")
-    for name in (MODEL, OPTIMIZER, TRAINER):
-        if not (path / name).is_file():
-            raise SnapdistillError(f"{path}: not a complete checkpoint (no {name})")
-    return path
-
-
-def _load_tensors(path: Path, device) -> Any:
-    """A torch file of tensors and plain containers, loaded with weights_only=True: no objects are rebuilt, so
-    no code in the file can run."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # weights_only refuses any pickled object; a truncated file lands here too
-        raise SnapdistillError(f"{path.parent}: not a snapdistill checkpoint ({path.name} does not load as plain "
-                               f"tensors: {e.__class__.__name__}); refusing to load it") from e
 
 
 def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model, optimizer, ema,
@@ -212,48 +187,44 @@ def _check_space(folder: Path, model: torch.nn.Module, ema, extra_module=None, e
                                f"rerun with --resume latest")
 
 
-def _load_safetensors(path: Path, name: str, device) -> dict:
-    """The tensors of `path/name`, refusing (one line) a file that is missing or not safetensors."""
-    from safetensors.torch import load_file
-
-    if not (path / name).is_file():
-        raise SnapdistillError(f"{path}: not a complete checkpoint (no {name})")
-    try:
-        return load_file(path / name, device=str(device))
-    except Exception as e:  # not a safetensors file
-        raise SnapdistillError(f"{path}: not a snapdistill checkpoint ({name} is not a safetensors file: "
-                               f"{e.__class__.__name__}); refusing to load it") from e
-
-
 def _load_checkpoint(path: Path, accelerator, model, optimizer, ema, extra_module=None,
                      extra_optimizer=None) -> tuple[int, int]:
     """Restore what `_save_checkpoint` wrote into the prepared model, optimizer, EMA, extra module and its
     optimiser; return (step, consumed)."""
     path = check_checkpoint(path)
+    step, consumed = trainer_state(path)
     model = accelerator.unwrap_model(model)
     device = next(model.parameters()).device
-    model.load_state_dict(_load_safetensors(path, MODEL, device))
+    model.load_state_dict(load_safetensors(path, MODEL, device))
     if extra_module is not None:
-        extra_module.load_state_dict(_load_safetensors(path, EXTRA, next(extra_module.parameters()).device))
-    optimizer.load_state_dict(_load_tensors(path / OPTIMIZER, device))
+        extra_module.load_state_dict(load_safetensors(path, EXTRA, next(extra_module.parameters()).device))
+    optimizer.load_state_dict(load_tensors(path / OPTIMIZER, device))
     if extra_optimizer is not None:
         if not (path / EXTRA_OPTIMIZER).is_file():
             raise SnapdistillError(f"{path}: not a complete checkpoint (no {EXTRA_OPTIMIZER})")
-        extra_optimizer.load_state_dict(_load_tensors(path / EXTRA_OPTIMIZER, next(extra_module.parameters()).device))
+        extra_optimizer.load_state_dict(load_tensors(path / EXTRA_OPTIMIZER, next(extra_module.parameters()).device))
     if ema is not None:
         if not (path / EMA).is_file():
             raise SnapdistillError(f"{path}: not a complete checkpoint (no {EMA})")
-        ema.load_state_dict(_load_tensors(path / EMA, device))
+        ema.load_state_dict(load_tensors(path / EMA, device))
     if accelerator.scaler is not None and (path / SCALER).is_file():
-        accelerator.scaler.load_state_dict(_load_tensors(path / SCALER, device))
-    state = json.loads((path / TRAINER).read_text())
-    return int(state["step"]), int(state["consumed"])
+        accelerator.scaler.load_state_dict(load_tensors(path / SCALER, device))
+    return step, consumed
+
+
+def _step_of(line: str) -> float:
+    """The step of a stats line; infinity (dropped on resume) for a line that is not one (cut by a crash)."""
+    try:
+        entry = json.loads(line)
+        return float(entry["step"])
+    except (ValueError, TypeError, KeyError):
+        return math.inf
 
 
 def _truncate_stats(path: Path, step: int) -> None:
     """Drop log lines written after `step`: the checkpoint a run resumes from, or 0 for a fresh run."""
     if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if _step_of(ln) <= step]
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 

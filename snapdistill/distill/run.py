@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from snapdistill.distill.loop import check_checkpoint, latest_checkpoint
+from snapdistill.distill.loop import check_checkpoint, latest_checkpoint, trainer_state
 from snapdistill.errors import SnapdistillError
+from snapdistill.jsonl import read_json_object
 from snapdistill.manifest import MANIFEST, atomic_write_text, refuse_other_settings, settings_diff
 from snapdistill.models.student_record import StudentRecord
 from snapdistill.outdir import prepare_out
@@ -25,7 +26,7 @@ from snapdistill.sampling.render import to_uint8
 CONFIG = "config.json"
 # Settings that may change on resume without changing what is trained.
 RESUMABLE = ("max_minutes", "resume", "overwrite", "device", "checkpoint_every", "validate_every", "dry_run",
-             "report_to", "val_prompts")
+             "report_to", "val_prompts", "allow_lost")
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -53,7 +54,8 @@ def prepare_run(out: Path, config: dict, *, resume: str | None, overwrite: bool)
         old_path = out / CONFIG if resume == "latest" else Path(resume).parents[1] / CONFIG
         if not old_path.is_file():
             raise SnapdistillError(f"{old_path}: no run to resume (config.json missing)")
-        diff = settings_diff(_flat(json.loads(old_path.read_text())), _flat(json_ready(config)))
+        old = read_json_object(old_path, "run config (config.json)")
+        diff = settings_diff(_flat(old), _flat(json_ready(config)))
         refuse_other_settings(f"--resume: {old_path.parent} holds a run", diff,
                               "resume with the same settings, or start again with --overwrite")
     elif any(out.rglob("checkpoints")) if out.is_dir() else False:
@@ -67,7 +69,11 @@ def resume_point(run_dir: Path, resume: str | None) -> Path | None:
     if not resume:
         return None
     checkpoint = latest_checkpoint(run_dir) if resume == "latest" else Path(resume)
-    return None if checkpoint is None else check_checkpoint(checkpoint)
+    if checkpoint is None:
+        return None
+    check_checkpoint(checkpoint)
+    trainer_state(checkpoint)  # its JSON now, before any model is built: one line when it does not parse
+    return checkpoint
 
 
 def json_ready(value: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from snapdistill.data.latent_cache import cache_identity, cache_record, check_cache
+from snapdistill.data.shards import ShardList
 from snapdistill.distill import tracking
 from snapdistill.distill.arch import check_arch
 from snapdistill.distill.data import ShardPairs, find_shards
@@ -63,6 +64,7 @@ class CommonConfig:
     allow_download: bool = False
     resume: str | None = None                 # "latest" or a checkpoint folder
     overwrite: bool = False
+    allow_lost: bool = False                  # train without missing or cut shards' samples, recording them
 
     def __post_init__(self):
         if self.feat_weight is None:
@@ -92,17 +94,28 @@ class Teacher:
     spec: str
 
 
-def load_teacher(common: CommonConfig) -> Teacher:
+def training_shards(common: CommonConfig) -> ShardList:
+    """The shards of `--shards`, as its manifest lists them, checked against the disk once per run (a missing or
+    cut shard is one line, or with --allow-lost-samples a warning, printed once)."""
+    if getattr(common, "_listed", None) is None:
+        common._listed = find_shards(common.shards, allow_lost=common.allow_lost, stage="distill")
+    return common._listed
+
+
+def load_teacher(common: CommonConfig, *, shards: bool = True) -> Teacher:
     """The teacher pipeline in fp32 on this process's device (frozen).
 
     Both stages call this first, so the settings and `--out` are checked here, before the teacher loads and
-    before `prepare_run` may clear `--out`: an `--out` overlapping the teacher or the shards is refused.
+    before `prepare_run` may clear `--out`: an `--out` overlapping the teacher or the shards is refused, and
+    (when the run reads `shards`) a missing or cut shard too.
     """
     from snapdistill.dist import process_state
 
     common.check()  # the config may have changed since it was made
     model = resolve_model(common.teacher, allow_download=common.allow_download)
     check_out_apart(common.out, {"--teacher": model.path, "--shards": common.shards})
+    if shards:
+        training_shards(common)
     check_resolution(common.resolution, **teacher_configs(common))  # from the JSON configs, before weights load
     device = common.device or str(process_state().device)
     pipe = load_pipeline(model, device=device, allow_download=common.allow_download)
@@ -186,8 +199,8 @@ def batch_maker(teacher: Teacher, common: CommonConfig) -> tuple[Callable[[int],
     """
     pipe = teacher.pipe
     cached = cache_record(common.shards)
-    pairs = ShardPairs(find_shards(common.shards), size=train_size(pipe, common), seed=common.train.seed,
-                       cached=cached)
+    pairs = ShardPairs(training_shards(common), size=train_size(pipe, common), seed=common.train.seed,
+                       cached=cached, allow_lost=common.allow_lost)
     text = TextEmbeddings(pipe.tokenizer, pipe.text_encoder)
 
     def batches(skip: int) -> Iterator:
@@ -223,7 +236,7 @@ def validator(teacher: Teacher, student_unet, scheduler, common: CommonConfig, *
         return None
     pipe = teacher.pipe
     prompts = (prompts[:common.val_prompts] if prompts is not None
-               else first_captions(find_shards(common.shards), common.val_prompts))
+               else first_captions([str(p) for p in training_shards(common).paths], common.val_prompts))
     student_guidance = guidance if student_guidance is None else student_guidance
     seeds = list(range(len(prompts)))
     size = train_size(pipe, common)
@@ -326,7 +339,8 @@ def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, 
                  **({"val": "val"} if common.val_prompts else {}),
                  **(extra_outputs or {})},
         counts={"steps": result.steps, "processes": state.num_processes,
-                "samples": result.steps * common.train.batch_size * common.train.grad_accum * state.num_processes},
+                "samples": result.steps * common.train.batch_size * common.train.grad_accum * state.num_processes,
+                "lost": [] if data_input else training_shards(common).lost},
         metrics={"final_loss": result.final_loss, "train_seconds": result.seconds, "stopped_by": result.stopped_by},
         seed=common.train.seed,
     )
@@ -337,5 +351,5 @@ def resolved_config(stage_config) -> dict:
     return json_ready(asdict(stage_config))
 
 
-__all__ = ["CommonConfig", "Teacher", "finish", "load_teacher", "prepare_run", "resolved_config", "resume_point",
+__all__ = ["CommonConfig", "Teacher", "finish", "load_teacher", "training_shards", "prepare_run", "resolved_config", "resume_point",
            "teacher_scheduler_config", "teacher_unet_config", "train_and_save"]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.jsonl import read_json_object
 from snapdistill.manifest import (
     MANIFEST,
     atomic_write_text,
@@ -47,6 +48,10 @@ RUN_CONFIG = "run.json"
 # Settings that decide the pixels: a rerun into the same folder must match them to reuse images.
 _IMAGE_KEYS = ("model_path", "model_fingerprint", "steps", "guidance", "size", "scheduler", "negative_prompt", "dtype",
                "decoder", "decoder_fingerprint")
+# ... and the batch composition: an image's last bits depend on the batch it was drawn in (the batched kernels
+# reduce in another order), so a folder finished with another --batch-size or number of processes would mix two.
+# A run.json written before these were recorded is not compared on them.
+_BATCH_KEYS = ("batch_size", "processes")
 
 
 def use_decoder(pipe, model_path: Path, decoder: Path | None) -> dict:
@@ -100,7 +105,8 @@ def _check_rerun(out: Path, settings: dict, overwrite: bool) -> None:
     path = out / RUN_CONFIG
     if not path.is_file():
         return
-    diff = settings_diff(json.loads(path.read_text(encoding="utf-8")), settings, _IMAGE_KEYS)
+    old = read_json_object(path, "sampling settings (run.json)")
+    diff = settings_diff(old, settings, _IMAGE_KEYS + tuple(k for k in _BATCH_KEYS if k in old))
     if not overwrite:
         refuse_other_settings(f"{out}: holds images", diff, "use a new --out or --overwrite")
     if diff:
@@ -129,6 +135,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
     settings, pipe.scheduler = resolve_settings(config, pipe, model.path)
     settings.update(use_decoder(pipe, model.path, config.decoder))
+    settings.update(batch_size=config.batch_size, processes=state.num_processes)
     if state.is_main_process:
         _check_rerun(out, settings, config.overwrite)
         previous = (read_manifest(out) or {}).get("metrics", {})  # same settings: its costs still hold
