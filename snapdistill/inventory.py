@@ -100,15 +100,16 @@ def check_folder(folder: Path, manifest: Mapping[str, Any], *, quick: bool = Fal
     return result
 
 
-def stage_folders(path: Path) -> list[Path]:
-    """The stage folders at or under `path`: `path` itself when it holds a manifest, else every folder below
-    holding one, not descending into them (their manifest covers what is inside), in name order."""
+def stage_folders(path: Path, also: Callable[[Path], bool] = lambda p: False) -> list[Path]:
+    """The stage folders at or under `path`: `path` itself when it holds a manifest (or `also(path)` says it is
+    one still under way), else every folder below that is, not descending into them (their manifest covers
+    what is inside), in name order."""
     path = Path(path)
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() or (path.is_dir() and also(path)):
         return [path]
     if not path.is_dir():
         return []
     found = []
     for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found.extend(stage_folders(child))
+        found.extend(stage_folders(child, also))
     return found

@@ -193,3 +193,16 @@ def test_relist_helper_records_what_is_there(built, tmp_path):
     relist(src)
     m = _manifest(src)
     assert m["outputs"]["shards"][-1] == "shard-000009.tar" and m["files"]["shard-000000.tar"]["samples"] == 16
+
+
+def test_training_on_a_cut_shard_when_allowed_records_it_and_counts_the_loss(built, tmp_path, cli, tiny_eps_dir):
+    src = _copy(built, tmp_path)
+    whole = _cut(src / "shard-000001.tar", 6 * 1024)
+    code, _, err = cli("distill-guidance", "--teacher", tiny_eps_dir, "--shards", src, "--max-steps", 30,
+                       "--batch-size", 2, "--val-prompts", 0, "--allow-lost-samples", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "shard-000001.tar: 6144 bytes, the manifest says" in err
+    assert "training samples lost in epoch 0 (shard-000001.tar: " in err, err
+    lost = _manifest(tmp_path / "run")["counts"]["lost"]
+    assert lost == [{"stage": "distill", "folder": str(src.resolve()), "shard": "shard-000001.tar", "expected": 16,
+                     "read": None, "reason": f"6144 bytes of {whole}"}]

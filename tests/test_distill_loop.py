@@ -114,7 +114,8 @@ def test_checkpoints_hold_only_tensors_and_json_and_resume_exactly(tmp_path):
     names = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert names == ["latest", "step-0000004", "step-0000006"]  # the two newest, complete
     step4 = tmp_path / "b" / "checkpoints" / "step-0000004"
-    assert sorted(p.name for p in step4.iterdir()) == ["ema.pt", "model.safetensors", "optimizer.pt", "trainer.json"]
+    assert sorted(p.name for p in step4.iterdir()) == ["ema.pt", "files.json", "model.safetensors", "optimizer.pt",
+                                                           "trainer.json"]
     assert set(load_file(step4 / "model.safetensors")) == {"w"}
     for name in ("optimizer.pt", "ema.pt"):
         torch.load(step4 / name, weights_only=True)  # tensors and plain values only
@@ -163,6 +164,7 @@ def test_resume_refuses_a_checkpoint_with_a_pickle_and_runs_nothing(cli, tmp_pat
     torch.load(tmp_path / "payload.pt", weights_only=False)  # the payload works when unpickled...
     assert (tmp_path / "live").exists()
     latest = latest_checkpoint(run)
+    (latest / "files.json").unlink()  # as a checkpoint from before files.json: the loaders themselves must refuse
     torch.save(_Payload(marker), latest / plant)  # as accelerate wrote (and read back) its custom_checkpoint_*.pkl
     code, _, err = cli(*_guided_args(tiny_eps_dir, test_shards, run), "--resume", "latest")
     assert code == 2 and err.count("\n") == 1 and f"{latest}: {message}" in err, err
@@ -191,8 +193,29 @@ def test_resume_from_a_checkpoint_file_that_does_not_parse_is_one_line(cli, tmp_
     run = tmp_path / "run"
     assert cli(*_guided_args(tiny_eps_dir, test_shards, run))[0] == 0
     (run / "manifest.json").unlink()  # as if it had stopped after its last checkpoint
+    (latest_checkpoint(run) / "files.json").unlink()  # else its hashes would name the change first (tested below)
     target = latest_checkpoint(run) / plant if plant != "latest" else run / "checkpoints" / "latest"
     target.write_bytes(content)
     code, _, err = cli(*_guided_args(tiny_eps_dir, test_shards, run), "--resume", "latest")
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert "step-N" in err and "--overwrite" in err
+
+
+def test_a_checkpoint_file_changed_after_it_was_written_is_refused_and_verify_names_it(cli, tmp_path, tiny_eps_dir,
+                                                                                       test_shards):
+    run = tmp_path / "run"
+    assert cli(*_guided_args(tiny_eps_dir, test_shards, run))[0] == 0
+    (run / "manifest.json").unlink()  # as if it had stopped after its last checkpoint
+    latest = latest_checkpoint(run)
+    recorded = json.loads((latest / "files.json").read_text())
+    assert set(recorded) == {"model.safetensors", "optimizer.pt", "ema.pt", "trainer.json"}
+    code, out, err = cli("verify", run)  # a run under way: its checkpoints against what they recorded
+    assert code == 0 and "run (no manifest yet)" in out, out + err
+    data = bytearray((latest / "optimizer.pt").read_bytes())
+    data[-100] ^= 0x01  # one flipped bit, same size: torch.load might not even notice
+    (latest / "optimizer.pt").write_bytes(bytes(data))
+    code, _, err = cli(*_guided_args(tiny_eps_dir, test_shards, run), "--resume", "latest")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{latest / 'optimizer.pt'}: sha256 differs from the one recorded when the checkpoint was written" in err
+    code, _, err = cli("verify", run)
+    assert code == 1 and f"{latest / 'optimizer.pt'}: sha256 differs" in err, err

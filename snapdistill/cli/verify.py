@@ -21,7 +21,8 @@ def verify(
 
     Prints a table; exits 0 when everything matches, 1 naming each mismatch (a missing, cut or changed file).
     A folder written before manifests listed their files is reported as unchecked. Files that are there but not
-    listed are named, and do not fail the check (readers do not read them).
+    listed are named, and do not fail the check (readers do not read them). A training run without its manifest
+    yet has its checkpoints checked against the files.json each recorded when it was written.
 
     Examples:
 
@@ -30,25 +31,31 @@ def verify(
       snapdistill verify runs/repro/toy            # every stage folder below it
 
       snapdistill verify --quick data/laion-art/job-*   # the folders of --shard-index array jobs
+
+      snapdistill verify runs/direct8              # a run still training: its checkpoints
     """
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from snapdistill.distill.checkpoint_files import CHECKPOINTS
     from snapdistill.errors import SnapdistillError
     from snapdistill.inventory import check_folder, stage_folders
-    from snapdistill.manifest import require_manifest
+    from snapdistill.manifest import MANIFEST, require_manifest
+
+    def under_way(path: Path) -> bool:  # a training run without its manifest yet: its checkpoints are checked
+        return (path / CHECKPOINTS).is_dir()
 
     found = []
     for folder in folders:
         if not folder.exists():
             raise SnapdistillError(f"{folder}: not found; give a stage folder (one with a manifest.json)")
-        below = stage_folders(folder)
+        below = stage_folders(folder, under_way)
         if not below:
             raise SnapdistillError(f"{folder}: no manifest.json there or below; give a folder a snapdistill stage wrote")
         found.extend(below)
-    manifests = [(f, require_manifest(f)) for f in found]
-    total = 0 if quick else sum(int(r.get("bytes", 0)) for _, m in manifests
+    manifests = [(f, require_manifest(f) if (f / MANIFEST).is_file() else None) for f in found]
+    total = 0 if quick else sum(int(r.get("bytes", 0)) for _, m in manifests if m
                                 for r in (m.get("files") or {}).values() if isinstance(r, dict))
     err = Console(stderr=True)
     checks = []
@@ -56,7 +63,9 @@ def verify(
                   transient=True, disable=quick or not err.is_terminal) as bar:
         task = bar.add_task("hash", total=total)
         for folder, manifest in manifests:
-            checks.append(check_folder(folder, manifest, quick=quick, advance=lambda n: bar.advance(task, n)))
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+            checks.append(check_folder(folder, manifest, quick=quick, advance=advance) if manifest is not None
+                          else check_run_under_way(folder, quick=quick, advance=advance))
 
     table = Table("folder", "stage", "files", "MB", "status", box=None, pad_edge=False)
     for c in checks:
@@ -80,3 +89,20 @@ def verify(
         raise typer.Exit(1)
     typer.echo(f"verify: {len(checks)} folder{'s' if len(checks) > 1 else ''} match their manifests ({how})"
                + (f"; {sum(bool(c.unchecked) for c in checks)} unchecked" if any(c.unchecked for c in checks) else ""))
+
+
+def check_run_under_way(folder: Path, *, quick: bool, advance):
+    """A training run without its manifest (stopped, or still training): each checkpoint against the files.json
+    it recorded when written."""
+    from snapdistill.distill.checkpoint_files import CHECKPOINTS, recorded_problems
+    from snapdistill.inventory import FolderCheck
+
+    result = FolderCheck(folder, "run (no manifest yet)")
+    for checkpoint in sorted(p for p in (folder / CHECKPOINTS).glob("step-*") if p.is_dir()):
+        files = [f for f in checkpoint.iterdir() if f.is_file()]
+        result.files += len(files)
+        result.bytes += sum(f.stat().st_size for f in files)
+        if not (checkpoint / "files.json").is_file():
+            result.unchecked = "checkpoints written before they recorded their files: cannot be checked"
+        result.problems += recorded_problems(checkpoint, quick=quick, advance=advance)
+    return result

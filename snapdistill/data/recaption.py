@@ -253,7 +253,7 @@ def rewrite_shard(src: Path, dst: Path, transform, batch_size: int, skipped: lis
     lost = None
     if problem:
         print(f"warning: {problem}; going on with {read} ({ALLOW_LOST})", file=sys.stderr, flush=True)
-        lost = {"expected": expected, "read": read, "reason": errors[0] if errors else "fewer samples"}
+        lost = {"expected": expected, "read": read, "reason": errors[0] if errors else "cut short or damaged"}
     return {"file": shard.record(), "lost": lost}
 
 

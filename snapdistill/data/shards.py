@@ -18,7 +18,7 @@ import re
 import sys
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapdistill.errors import SnapdistillError
@@ -229,6 +229,12 @@ class ShardList:
     paths: list[Path]
     expected: dict[str, int | None]
     lost: list[dict]
+    resized: list[dict] = field(default_factory=list)  # of another size than listed, read anyway: read = None
+
+    def recorded(self) -> list[dict]:
+        """What a stage that does not count per shard records (training): the losses, and the resized shards with
+        the samples they should hold (what was read is counted in each epoch's warning)."""
+        return self.lost + self.resized
 
 
 def _warn(message: str) -> None:
@@ -280,7 +286,7 @@ def manifest_shards(folder: Path, *, allow_lost: bool = False, stage: str = "", 
         files = {}
     carried = [dict(e) for e in ((manifest.get("counts") or {}).get("lost") or []) if isinstance(e, dict)]
     expected = {name: _expected_samples(manifest, name) for name in names}
-    paths, problems, lost = [], [], []
+    paths, problems, lost, resized = [], [], [], []
     for name in names:
         path, record, holds = folder / name, files.get(name) or {}, expected[name]
         should = f"; it should hold {holds} samples" if holds is not None else ""
@@ -292,6 +298,8 @@ def manifest_shards(folder: Path, *, allow_lost: bool = False, stage: str = "", 
         if "bytes" in record and path.stat().st_size != record["bytes"]:
             problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {record['bytes']} "
                             f"(cut short or changed){should}")
+            resized.append({"stage": stage, "folder": str(folder.resolve()), "shard": name, "expected": holds,
+                            "read": None, "reason": f"{path.stat().st_size} bytes of {record['bytes']}"})
         paths.append(path)
     if problems and not allow_lost:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -303,7 +311,7 @@ def manifest_shards(folder: Path, *, allow_lost: bool = False, stage: str = "", 
     for path in sorted(folder.glob("*.tar")):
         if path.name not in listed:
             warn(f"{path}: not listed in {folder / MANIFEST}; not read")
-    return ShardList(folder, paths, expected, carried + lost)
+    return ShardList(folder, paths, expected, carried + lost, resized)
 
 
 class ShortShard(SnapdistillError):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.inventory import sha256_file
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -21,7 +22,9 @@ LATEST = "latest"
 MODEL, OPTIMIZER, EMA, SCALER, TRAINER = "model.safetensors", "optimizer.pt", "ema.pt", "scaler.pt", "trainer.json"
 EXTRA = "extra.safetensors"  # the weights of `train`'s `extra_module` (a consistency target, a fake score network)
 EXTRA_OPTIMIZER = "extra_optimizer.pt"  # the state of `train`'s `extra_optimizer` (the fake score network's)
-CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER, EXTRA, EXTRA_OPTIMIZER)
+FILES = "files.json"  # each other file's size and sha256, recorded when the checkpoint was written
+CHECKPOINT_FILES = (MODEL, OPTIMIZER, EMA, SCALER, TRAINER, EXTRA, EXTRA_OPTIMIZER, FILES)
+_REMEDY = "resume from the checkpoint before it (--resume RUN/checkpoints/step-N) or start again with --overwrite"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -60,7 +63,7 @@ def trainer_state(path: Path) -> tuple[int, int]:
     """(step, consumed) of a checkpoint's `trainer.json`; one line when it is not the JSON object this loop wrote
     (read before any tensor file is opened)."""
     file = Path(path) / TRAINER
-    remedy = "resume from the checkpoint before it (--resume RUN/checkpoints/step-N) or start again with --overwrite"
+    remedy = _REMEDY
     try:
         state = json.loads(file.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -93,3 +96,47 @@ def load_safetensors(path: Path, name: str, device) -> dict:
     except Exception as e:  # not a safetensors file
         raise SnapdistillError(f"{path}: not a snapdistill checkpoint ({name} is not a safetensors file: "
                                f"{e.__class__.__name__}); refusing to load it") from e
+
+
+def record_files(path: Path) -> None:
+    """Write `files.json` into a checkpoint folder whose files are all written: each file's size and sha256 (read
+    back once, from the page cache), so `--resume` and `snapdistill verify` can tell a changed file."""
+    from snapdistill.manifest import atomic_write_text
+
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+             for f in sorted(Path(path).iterdir()) if f.is_file() and f.name != FILES}
+    atomic_write_text(Path(path) / FILES, json.dumps(files, indent=1) + "\n")
+
+
+def recorded_problems(path: Path, *, quick: bool = False, advance=lambda n: None) -> list[str]:
+    """How a checkpoint folder differs from its `files.json` (a file missing, of another size or, unless `quick`,
+    another sha256; one not recorded); [] when it matches or was written before checkpoints recorded files."""
+    path = Path(path)
+    if not (path / FILES).is_file():
+        return []
+    try:
+        files = json.loads((path / FILES).read_bytes().decode("utf-8"))
+        if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
+            raise ValueError("not an object of file records")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return [f"{path / FILES}: not a snapdistill checkpoint file ({' '.join(str(e).split())[:100]})"]
+    problems = []
+    for name, record in files.items():
+        f = path / name
+        if "/" in name or not f.is_file():
+            problems.append(f"{f}: missing")
+        elif f.stat().st_size != record.get("bytes"):
+            problems.append(f"{f}: {f.stat().st_size} bytes, {record.get('bytes')} when the checkpoint was written")
+        elif not quick and sha256_file(f, advance) != record.get("sha256"):
+            problems.append(f"{f}: sha256 differs from the one recorded when the checkpoint was written")
+    problems += [f"{f}: not recorded when the checkpoint was written" for f in sorted(path.iterdir())
+                 if f.name != FILES and f.name not in files]
+    return problems
+
+
+def check_recorded(path: Path) -> None:
+    """Refuse, in one line, a checkpoint whose files differ from those recorded when it was written."""
+    problems = recorded_problems(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SnapdistillError(f"{problems[0]}{more}; {_REMEDY}")

@@ -329,7 +329,7 @@ def run(config: DecoderConfig) -> Path:
     return write_manifest(
         out, stage="distill-decoder", config=resolved_config(config), inputs=entries, outputs=outputs,
         counts={"steps": result.steps, "samples": result.steps * config.train.batch_size * config.train.grad_accum,
-                "lost": listed.lost},
+                "lost": listed.recorded()},
         metrics=metrics, seed=config.train.seed)
 
 

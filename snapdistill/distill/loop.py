@@ -44,6 +44,7 @@ from snapdistill.distill.checkpoint_files import (  # noqa: F401 - latest_checkp
     latest_checkpoint,
     load_safetensors,
     load_tensors,
+    record_files,
     trainer_state,
 )
 from snapdistill.distill.optim import check_optimizer, make_optimizer
@@ -151,6 +152,7 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, consumed: int, model
             if accelerator.scaler is not None:  # fp16 loss scaling
                 torch.save(accelerator.scaler.state_dict(), tmp / SCALER)
             atomic_write_text(tmp / TRAINER, json.dumps({"step": step, "consumed": consumed}) + "\n")
+            record_files(tmp)
         except BaseException:  # a full disk: free what was written; the previous checkpoint stays the latest
             shutil.rmtree(tmp, ignore_errors=True)
             raise

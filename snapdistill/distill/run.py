@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from snapdistill.distill.checkpoint_files import check_recorded
 from snapdistill.distill.loop import check_checkpoint, latest_checkpoint, trainer_state
 from snapdistill.errors import SnapdistillError
 from snapdistill.jsonl import read_json_object
@@ -72,6 +73,7 @@ def resume_point(run_dir: Path, resume: str | None) -> Path | None:
     if checkpoint is None:
         return None
     check_checkpoint(checkpoint)
+    check_recorded(checkpoint)  # every file as written: sizes and hashes from its files.json
     trainer_state(checkpoint)  # its JSON now, before any model is built: one line when it does not parse
     return checkpoint
 

@@ -340,7 +340,7 @@ def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, 
                  **(extra_outputs or {})},
         counts={"steps": result.steps, "processes": state.num_processes,
                 "samples": result.steps * common.train.batch_size * common.train.grad_accum * state.num_processes,
-                "lost": [] if data_input else training_shards(common).lost},
+                "lost": [] if data_input else training_shards(common).recorded()},
         metrics={"final_loss": result.final_loss, "train_seconds": result.seconds, "stopped_by": result.stopped_by},
         seed=common.train.seed,
     )
