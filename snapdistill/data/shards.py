@@ -281,8 +281,8 @@ def manifest_shards(folder: Path, *, allow_lost: bool = False, stage: str = "", 
         raise SnapdistillError(f"{folder}: its manifest.json lists no shards; build them with `snapdistill build-data`")
     files = manifest.get("files")
     if not isinstance(files, dict):
-        warn(f"{folder}: written before manifests recorded shard sizes: missing shards are caught, cut or changed "
-             "ones are not (rerun the stage that wrote it to record them)")
+        warn(f"{folder}: written before manifests recorded shard sizes and hashes: a cut shard is found only by "
+             "counting its samples, a changed one not at all (rerun the stage that wrote it to record them)")
         files = {}
     carried = [dict(e) for e in ((manifest.get("counts") or {}).get("lost") or []) if isinstance(e, dict)]
     expected = {name: _expected_samples(manifest, name) for name in names}
