@@ -323,7 +323,8 @@ def count_problem(path: Path, expected: int | None, read: int, error: str = "") 
     if error:
         return f"{path}: unreadable after {read} of {expected if expected is not None else '?'} samples ({error})"
     if expected is not None and read != expected:
-        return f"{path}: read {read} samples, the manifest lists {expected} (cut short or damaged)"
+        how = "cut short or damaged" if read < expected else "changed since it was listed"
+        return f"{path}: read {read} samples, the manifest lists {expected} ({how})"
     return None
 
 
