@@ -206,3 +206,55 @@ def test_training_on_a_cut_shard_when_allowed_records_it_and_counts_the_loss(bui
     lost = _manifest(tmp_path / "run")["counts"]["lost"]
     assert lost == [{"stage": "distill", "folder": str(src.resolve()), "shard": "shard-000001.tar", "expected": 16,
                      "read": None, "reason": f"6144 bytes of {whole}"}]
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """build-data toy:100 split over two array jobs (--shard-index 0 and 1 of --num-shards 2), shards of 16."""
+    from snapdistill.data import build
+    from snapdistill.data.sources import parse_spec
+
+    root = tmp_path_factory.mktemp("jobs")
+    for k in (0, 1):
+        build.run(build.BuildConfig(sources=[parse_spec("toy:100")], out=root / f"job-{k}", resolution=32,
+                                    shard_size=PER_SHARD, shard_index=k, num_shards=2, progress=False))
+    return root
+
+
+def test_array_jobs_merge_into_one_folder_that_reads_and_verifies_as_one_build(jobs, tmp_path, cli):
+    from snapdistill.data.shards import manifest_shards
+
+    code, out, err = cli("merge-shards", jobs / "job-0", jobs / "job-1", "--out", tmp_path / "all")
+    assert code == 0, err
+    m = _manifest(tmp_path / "all")
+    parts = [_manifest(jobs / f"job-{k}") for k in (0, 1)]
+    assert m["outputs"]["shards"] == sorted(parts[0]["outputs"]["shards"] + parts[1]["outputs"]["shards"])
+    assert m["files"] == {**{k: v for p in parts for k, v in p["files"].items() if k.endswith(".tar")},
+                               "rejects.jsonl": m["files"]["rejects.jsonl"]}
+    assert m["counts"]["written"] == 100 == sum(p["counts"]["written"] for p in parts)
+    assert (m["counts"]["per_job"], m["counts"]["missing_jobs"]) == ({"0": 50, "1": 50}, [])
+    listed = manifest_shards(tmp_path / "all")
+    assert sum(listed.expected.values()) == 100
+    assert cli("verify", tmp_path / "all")[0] == 0
+    code, out, _ = cli("verify", jobs)  # the jobs' folders side by side
+    assert code == 0 and "2 folders match" in out
+
+
+def test_merge_refuses_a_changed_shard_other_settings_and_a_repeated_job(jobs, tmp_path, cli):
+    job0 = shutil.copytree(jobs / "job-0", tmp_path / "job-0")
+    data = bytearray((job0 / "shard-000002.tar").read_bytes())
+    data[len(data) // 3] ^= 0x04
+    (job0 / "shard-000002.tar").write_bytes(bytes(data))
+    code, _, err = cli("merge-shards", job0, jobs / "job-1", "--out", tmp_path / "all")
+    assert code == 2 and err.count("\n") == 1 and f"{job0 / 'shard-000002.tar'}: sha256 differs" in err, err
+    assert not list((tmp_path / "all").glob("*.tmp")) and not (tmp_path / "all" / MANIFEST).exists()
+    code, _, err = cli("merge-shards", jobs / "job-0", jobs / "job-0", "--out", tmp_path / "b")
+    assert code == 2 and "given twice" in err
+    m = _manifest(job0)
+    m["config"]["resolution"] = 64
+    (job0 / MANIFEST).write_text(json.dumps(m))
+    code, _, err = cli("merge-shards", jobs / "job-1", job0, "--out", tmp_path / "c")
+    assert code == 2 and "built with other settings" in err and "resolution differ" in err, err
+    code, _, err = cli("merge-shards", jobs / "job-1", "--out", tmp_path / "d")  # job 0 of 2 missing
+    assert code == 0 and "warning: jobs 0 of --num-shards 2 are not given" in err, err
+    assert _manifest(tmp_path / "d")["counts"]["missing_jobs"] == [0]

@@ -22,6 +22,7 @@ def _register() -> None:
         distill,
         eval,
         inspect_cmd,
+        merge,
         recaption,
         sample,
         toy,

@@ -87,7 +87,8 @@ def verify(
         print(f"verify: {len(problems)} mismatch{'es' if len(problems) > 1 else ''} in "
               f"{sum(bool(c.problems) for c in checks)} of {len(checks)} folders ({how})", file=sys.stderr)
         raise typer.Exit(1)
-    typer.echo(f"verify: {len(checks)} folder{'s' if len(checks) > 1 else ''} match their manifests ({how})"
+    typer.echo(f"verify: {len(checks)} folder{'s match their manifests' if len(checks) > 1 else ' matches its manifest'}"
+               f" ({how})"
                + (f"; {sum(bool(c.unchecked) for c in checks)} unchecked" if any(c.unchecked for c in checks) else ""))
 
 
