@@ -243,7 +243,17 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, cli):
     err = _one_line_error(cli, run, "--guidance-sweep", "1,4", "--sweep-run", tmp_path / "nomanifest", "--out", out)
     assert "nomanifest: --sweep-run must be one of the run folders being evaluated" in err
 
+    data = bytearray((run / "images" / "00002-s2.png").read_bytes())
+    (run / "images" / "00002-s2.png").write_bytes(bytes(data[:-1]))  # one byte short: its manifest's size differs
+    err = _one_line_error(cli, run, "--out", out)
+    assert f"{run / 'images' / '00002-s2.png'}: {len(data) - 1} bytes, the manifest says {len(data)}" in err
+    assert "the folder changed since it was sampled" in err
+    (run / "images" / "00002-s2.png").write_bytes(bytes(data))
     (run / "images" / "00001-s1.png").unlink()
+    assert f"{run / 'images' / '00001-s1.png'}: missing: the folder changed" in _one_line_error(cli, run, "--out", out)
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["files"]  # a folder sampled before manifests listed their files: the rows still find the gap
+    (run / "manifest.json").write_text(json.dumps(manifest))
     assert "2 images for 3 prompts" in _one_line_error(cli, run, "--out", out)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapdistill.errors import SnapdistillError
+from snapdistill.inventory import check_folder
 from snapdistill.manifest import require_manifest
 from snapdistill.metrics import image_paths, read_rows
 
@@ -110,9 +111,15 @@ def default_label(manifest: dict, folder: Path) -> str:
 
 
 def read_run(folder: Path, label: str | None = None, *, sweep: bool = False) -> SampleRun:
-    """A sample folder with its manifest and rows, refused when any image is missing."""
+    """A sample folder with its manifest and rows, refused when any image is missing, or when a file its manifest
+    lists is missing or of another size (one line; `snapdistill verify` also compares hashes)."""
     folder = Path(folder)
     manifest = require_manifest(folder, stage="sample")
+    problems = check_folder(folder, manifest, quick=True).problems
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SnapdistillError(f"{problems[0]}{more}: the folder changed since it was sampled; sample it again "
+                               "(--overwrite), and see `snapdistill verify` for the whole list")
     rows = read_rows(folder)
     image_paths(folder, rows)
     return SampleRun(folder, manifest, rows, label or default_label(manifest, folder), sweep)
