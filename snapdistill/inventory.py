@@ -83,6 +83,10 @@ def check_folder(folder: Path, manifest: Mapping[str, Any], *, quick: bool = Fal
         return result
     for rel, record in files.items():
         path = folder / rel
+        if not isinstance(record, Mapping) or rel.startswith("/") or ".." in rel.split("/"):
+            result.problems.append(f"{folder / MANIFEST}: its record of {rel!r} is not a file of the folder; "
+                                   "rerun the stage that wrote it")
+            continue
         result.files += 1
         result.bytes += int(record.get("bytes", 0))
         if not path.is_file():

@@ -258,3 +258,14 @@ def test_merge_refuses_a_changed_shard_other_settings_and_a_repeated_job(jobs, t
     code, _, err = cli("merge-shards", jobs / "job-1", "--out", tmp_path / "d")  # job 0 of 2 missing
     assert code == 0 and "warning: jobs 0 of --num-shards 2 are not given" in err, err
     assert _manifest(tmp_path / "d")["counts"]["missing_jobs"] == [0]
+
+
+def test_verify_names_a_manifest_record_that_is_not_a_file_of_the_folder(built, tmp_path, cli):
+    src = _copy(built, tmp_path)
+    m = _manifest(src)
+    m["files"]["../outside.txt"] = {"bytes": 1, "sha256": "0" * 64}
+    m["files"]["rejects.jsonl"] = "not a record"
+    (src / MANIFEST).write_text(json.dumps(m))
+    code, _, err = cli("verify", src)
+    assert code == 1 and "its record of '../outside.txt' is not a file of the folder" in err, err
+    assert "its record of 'rejects.jsonl' is not a file of the folder" in err
