@@ -58,6 +58,22 @@ def folder_inventory(folder: Path, known: Mapping[str, Mapping[str, Any]] | None
     return files
 
 
+def compare_file(path: Path, record: Mapping[str, Any], *, quick: bool = False,
+                 advance: Callable[[int], None] = lambda n: None) -> tuple[str, int] | None:
+    """How the file at `path` differs from its inventory `record`: ("missing", 0), ("size", its size) or
+    ("sha256", its size); None when it matches (unless `quick`, its sha256 too). Hashing advances `advance`; a file
+    of another size advances it by the recorded size at once."""
+    if not path.is_file():
+        return "missing", 0
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        advance(int(record.get("bytes") or 0))
+        return "size", size
+    if not quick and sha256_file(path, advance) != record.get("sha256"):
+        return "sha256", size
+    return None
+
+
 @dataclass
 class FolderCheck:
     """What `check_folder` found: mismatches (each names its file), extra files, and what it could not check."""
@@ -89,16 +105,16 @@ def check_folder(folder: Path, manifest: Mapping[str, Any], *, quick: bool = Fal
             continue
         result.files += 1
         result.bytes += int(record.get("bytes", 0))
-        if not path.is_file():
-            what = f" (holds {record['samples']} samples)" if "samples" in record else ""
-            result.problems.append(f"{path}: missing{what}")
+        found = compare_file(path, record, quick=quick, advance=advance)
+        if found is None:
             continue
-        size = path.stat().st_size
-        if size != record.get("bytes"):
+        how, size = found
+        if how == "missing":
+            result.problems.append(f"{path}: missing" + (f" (holds {record['samples']} samples)"
+                                                         if "samples" in record else ""))
+        elif how == "size":
             result.problems.append(f"{path}: {size} bytes, the manifest says {record.get('bytes')}")
-            advance(int(record.get("bytes", 0)))
-            continue
-        if not quick and sha256_file(path, advance) != record.get("sha256"):
+        else:
             result.problems.append(f"{path}: sha256 differs from the manifest's (same size: changed bytes)")
     result.extra = [f"{folder / rel}" for rel in listed_files(folder) if rel not in files]
     return result

@@ -219,3 +219,20 @@ def test_a_checkpoint_file_changed_after_it_was_written_is_refused_and_verify_na
     assert f"{latest / 'optimizer.pt'}: sha256 differs from the one recorded when the checkpoint was written" in err
     code, _, err = cli("verify", run)
     assert code == 1 and f"{latest / 'optimizer.pt'}: sha256 differs" in err, err
+
+
+def test_a_run_manifest_lists_its_checkpoints_with_the_hashes_they_recorded(cli, tmp_path, tiny_eps_dir, test_shards):
+    """The run's manifest takes the checkpoints' records from their files.json (not hashed twice): the same
+    records, and those are the files' real sizes and sha256."""
+    import hashlib
+
+    run = tmp_path / "run"
+    assert cli(*_guided_args(tiny_eps_dir, test_shards, run))[0] == 0
+    files = json.loads((run / "manifest.json").read_text())["files"]
+    checkpoint = latest_checkpoint(run)
+    recorded = json.loads((checkpoint / "files.json").read_text())
+    for name, record in recorded.items():
+        rel = (checkpoint / name).relative_to(run).as_posix()
+        data = (checkpoint / name).read_bytes()
+        assert files[rel] == record == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert "student/unet/config.json" in files and files[f"{checkpoint.relative_to(run).as_posix()}/files.json"]

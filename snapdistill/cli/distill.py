@@ -232,13 +232,13 @@ def distill_steps(
     gan_weight: Annotated[float | None, typer.Option(
         "--gan-weight", help="dmd: weight of the GAN term (a head on the fake network's mid-block features telling "
                              "noised real latents of the --shards from noised samples; DMD2 used 1e-3 to 5e-3); 0: "
-                             "none, no image read \[default: 0].")] = None,
+                             "none, no image read \\[default: 0].")] = None,
     init: Annotated[Path | None, typer.Option(
         "--init", help="dmd: a student folder whose UNet the generator starts from (a stage-1 student, a step "
                        "student of the same teacher) \\[default: the teacher].")] = None,
     gan_head_weight: Annotated[float | None, typer.Option(
         "--gan-head-weight", help="dmd: weight of the head's loss beside the fake network's denoising loss "
-                                  "\[default: 0.01].")] = None,
+                                  "\\[default: 0.01].")] = None,
     **shared,
 ) -> None:
     """Stage 2: a student takes one step where its teacher took N/M (teacher: a base model or a stage-1 student).

@@ -38,7 +38,7 @@ def verify(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from snapdistill.distill.checkpoint_files import CHECKPOINTS
+    from snapdistill.distill.checkpoint_files import CHECKPOINTS, check_run_checkpoints
     from snapdistill.errors import SnapdistillError
     from snapdistill.inventory import check_folder, stage_folders
     from snapdistill.manifest import MANIFEST, require_manifest
@@ -65,7 +65,7 @@ def verify(
         for folder, manifest in manifests:
             advance = lambda n: bar.advance(task, n)  # noqa: E731
             checks.append(check_folder(folder, manifest, quick=quick, advance=advance) if manifest is not None
-                          else check_run_under_way(folder, quick=quick, advance=advance))
+                          else check_run_checkpoints(folder, quick=quick, advance=advance))
 
     table = Table("folder", "stage", "files", "MB", "status", box=None, pad_edge=False)
     for c in checks:
@@ -91,19 +91,3 @@ def verify(
                f" ({how})"
                + (f"; {sum(bool(c.unchecked) for c in checks)} unchecked" if any(c.unchecked for c in checks) else ""))
 
-
-def check_run_under_way(folder: Path, *, quick: bool, advance):
-    """A training run without its manifest (stopped, or still training): each checkpoint against the files.json
-    it recorded when written."""
-    from snapdistill.distill.checkpoint_files import CHECKPOINTS, recorded_problems
-    from snapdistill.inventory import FolderCheck
-
-    result = FolderCheck(folder, "run (no manifest yet)")
-    for checkpoint in sorted(p for p in (folder / CHECKPOINTS).glob("step-*") if p.is_dir()):
-        files = [f for f in checkpoint.iterdir() if f.is_file()]
-        result.files += len(files)
-        result.bytes += sum(f.stat().st_size for f in files)
-        if not (checkpoint / "files.json").is_file():
-            result.unchecked = "checkpoints written before they recorded their files: cannot be checked"
-        result.problems += recorded_problems(checkpoint, quick=quick, advance=advance)
-    return result

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from snapdistill.data.shards import REJECTS, manifest_shards
 from snapdistill.errors import SnapdistillError
+from snapdistill.jsonl import parse_jsonl
 from snapdistill.manifest import atomic_write_text, input_entry, require_manifest, write_manifest
 from snapdistill.outdir import prepare_out
 
@@ -63,9 +64,10 @@ def copy_hashed(src: Path, dst: Path, expected_sha256: str | None, advance=lambd
         raise
 
 
-def check_jobs(jobs: list[Path]) -> list[dict]:
-    """The jobs' manifests, refused in one line unless they are build-data folders of one build (the same settings
-    but `--shard-index`, each index once); a missing index is a warning."""
+def check_jobs(jobs: list[Path]) -> tuple[list[dict], list[int]]:
+    """(the jobs' manifests, the `--shard-index` values of the build that are not among them), refused in one line
+    unless they are build-data folders of one build (the same settings but `--shard-index`, each index once); a
+    missing index is a warning."""
     if len(set(Path(j).resolve() for j in jobs)) != len(jobs):
         raise SnapdistillError("a job folder is given twice; give each --shard-index job's folder once")
     manifests = []
@@ -88,12 +90,11 @@ def check_jobs(jobs: list[Path]) -> list[dict]:
             raise SnapdistillError(f"{job}: --shard-index {k} again (also {indices[k]}); give each job once")
         indices[k] = job
     n = first.get("num_shards")
-    missing = [k for k in range(n)] if isinstance(n, int) else []
-    missing = [k for k in missing if k not in indices]
+    missing = [k for k in range(n) if k not in indices] if isinstance(n, int) else []
     if missing:
         print(f"warning: jobs {', '.join(map(str, missing))} of --num-shards {n} are not given: the merged folder "
               "holds part of the input (recorded as missing_jobs)", file=sys.stderr, flush=True)
-    return manifests
+    return manifests, missing
 
 
 def merge(jobs: list[Path], out: Path, *, progress: bool = True) -> Path:
@@ -103,7 +104,7 @@ def merge(jobs: list[Path], out: Path, *, progress: bool = True) -> Path:
     jobs = [Path(j) for j in jobs]
     if not jobs:
         raise SnapdistillError("no job folders given; e.g. snapdistill merge-shards data/job-0 data/job-1 --out data/all")
-    manifests = check_jobs(jobs)
+    manifests, missing = check_jobs(jobs)
     listed = [manifest_shards(job, stage="merge-shards") for job in jobs]  # a missing or resized shard: one line
     owner: dict[str, Path] = {}
     for job, shards in zip(jobs, listed):
@@ -131,18 +132,16 @@ def merge(jobs: list[Path], out: Path, *, progress: bool = True) -> Path:
         path = job / REJECTS
         if path.is_file():
             index = m["config"].get("shard_index")
-            rejects += [json.dumps({**json.loads(line), "job": index}) + "\n"
-                        for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rejects += [json.dumps({**row, "job": index}) + "\n"
+                        for _, row in parse_jsonl(path, path.read_text(encoding="utf-8"))]
     atomic_write_text(out / REJECTS, "".join(rejects))
     counts: dict = {}
     for m in manifests:
         counts = _add(counts, {k: v for k, v in (m.get("counts") or {}).items() if k != "lost"})
-    n = manifests[0]["config"].get("num_shards")
     given = sorted(m["config"].get("shard_index") for m in manifests)
     counts.update(per_job={str(m["config"].get("shard_index")): (m.get("counts") or {}).get("written")
                            for m in manifests},
-                  missing_jobs=[k for k in range(n) if k not in given] if isinstance(n, int) else [],
-                  lost=[e for shards in listed for e in shards.lost])
+                  missing_jobs=missing, lost=[e for shards in listed for e in shards.lost])
     first = manifests[0]
     names = sorted(files)
     return write_manifest(

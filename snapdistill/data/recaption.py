@@ -28,7 +28,6 @@ from snapdistill.data.shards import (
     REJECTS,
     ShardFile,
     ShardList,
-    ShortShard,
     check_settings,
     count_problem,
     manifest_shards,
@@ -244,7 +243,7 @@ def rewrite_shard(src: Path, dst: Path, transform, batch_size: int, skipped: lis
         advance(len(batch))
         problem = count_problem(src, expected, read, errors[0] if errors else "")
         if problem and not allow_lost:
-            raise ShortShard(f"{problem}; copy the shard again from where it came, or pass {ALLOW_LOST} to go on "
+            raise SnapdistillError(f"{problem}; copy the shard again from where it came, or pass {ALLOW_LOST} to go on "
                              "without the samples it lacks")
     except BaseException:
         shard.abort()

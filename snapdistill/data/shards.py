@@ -295,11 +295,11 @@ def manifest_shards(folder: Path, *, allow_lost: bool = False, stage: str = "", 
             lost.append({"stage": stage, "folder": str(folder.resolve()), "shard": name, "expected": holds,
                          "read": 0, "reason": "missing"})
             continue
-        if "bytes" in record and path.stat().st_size != record["bytes"]:
-            problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {record['bytes']} "
-                            f"(cut short or changed){should}")
+        size = path.stat().st_size
+        if "bytes" in record and size != record["bytes"]:
+            problems.append(f"{path}: {size} bytes, the manifest says {record['bytes']} (cut short or changed){should}")
             resized.append({"stage": stage, "folder": str(folder.resolve()), "shard": name, "expected": holds,
-                            "read": None, "reason": f"{path.stat().st_size} bytes of {record['bytes']}"})
+                            "read": None, "reason": f"{size} bytes of {record['bytes']}"})
         paths.append(path)
     if problems and not allow_lost:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -312,10 +312,6 @@ def manifest_shards(folder: Path, *, allow_lost: bool = False, stage: str = "", 
         if path.name not in listed:
             warn(f"{path}: not listed in {folder / MANIFEST}; not read")
     return ShardList(folder, paths, expected, carried + lost, resized)
-
-
-class ShortShard(SnapdistillError):
-    """A shard that gave fewer (or more) samples than its manifest lists."""
 
 
 def count_problem(path: Path, expected: int | None, read: int, error: str = "") -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from snapdistill.errors import SnapdistillError
-from snapdistill.inventory import sha256_file
+from snapdistill.inventory import FolderCheck, compare_file, folder_inventory
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -63,15 +63,14 @@ def trainer_state(path: Path) -> tuple[int, int]:
     """(step, consumed) of a checkpoint's `trainer.json`; one line when it is not the JSON object this loop wrote
     (read before any tensor file is opened)."""
     file = Path(path) / TRAINER
-    remedy = _REMEDY
     try:
         state = json.loads(file.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else " ".join(str(e).split())[:120]
-        raise SnapdistillError(f"{file}: not a snapdistill checkpoint file ({why}); {remedy}") from e
+        raise SnapdistillError(f"{file}: not a snapdistill checkpoint file ({why}); {_REMEDY}") from e
     if not (isinstance(state, dict) and all(isinstance(state.get(k), int) and state[k] >= 0
                                             for k in ("step", "consumed"))):
-        raise SnapdistillError(f"{file}: not a snapdistill checkpoint file (no whole step and consumed counts); {remedy}")
+        raise SnapdistillError(f"{file}: not a snapdistill checkpoint file (no whole step and consumed counts); {_REMEDY}")
     return state["step"], state["consumed"]
 
 
@@ -103,9 +102,23 @@ def record_files(path: Path) -> None:
     back once, from the page cache), so `--resume` and `snapdistill verify` can tell a changed file."""
     from snapdistill.manifest import atomic_write_text
 
-    files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-             for f in sorted(Path(path).iterdir()) if f.is_file() and f.name != FILES}
-    atomic_write_text(Path(path) / FILES, json.dumps(files, indent=1) + "\n")
+    atomic_write_text(Path(path) / FILES, json.dumps(folder_inventory(path), indent=1) + "\n")
+
+
+def recorded_files(run_dir: Path) -> dict[str, dict]:
+    """{path relative to `run_dir`: record} of every checkpoint's recorded files (`files.json`), whose size still
+    matches: what the run's manifest may take as known instead of hashing those files a second time."""
+    known = {}
+    for checkpoint in sorted(Path(run_dir).glob(f"{CHECKPOINTS}/step-*/{FILES}")):
+        try:
+            files = json.loads(checkpoint.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue  # hashed again by the manifest, as any file
+        for name, record in files.items() if isinstance(files, dict) else ():
+            path = checkpoint.parent / name
+            if isinstance(record, dict) and path.is_file() and path.stat().st_size == record.get("bytes"):
+                known[path.relative_to(run_dir).as_posix()] = record
+    return known
 
 
 def recorded_problems(path: Path, *, quick: bool = False, advance=lambda n: None) -> list[str]:
@@ -123,12 +136,13 @@ def recorded_problems(path: Path, *, quick: bool = False, advance=lambda n: None
     problems = []
     for name, record in files.items():
         f = path / name
-        if "/" in name or not f.is_file():
-            problems.append(f"{f}: missing")
-        elif f.stat().st_size != record.get("bytes"):
-            problems.append(f"{f}: {f.stat().st_size} bytes, {record.get('bytes')} when the checkpoint was written")
-        elif not quick and sha256_file(f, advance) != record.get("sha256"):
-            problems.append(f"{f}: sha256 differs from the one recorded when the checkpoint was written")
+        found = ("missing", 0) if "/" in name else compare_file(f, record, quick=quick, advance=advance)
+        if found is None:
+            continue
+        how, size = found
+        problems.append(f"{f}: missing" if how == "missing" else
+                        f"{f}: {size} bytes, {record.get('bytes')} when the checkpoint was written" if how == "size"
+                        else f"{f}: sha256 differs from the one recorded when the checkpoint was written")
     problems += [f"{f}: not recorded when the checkpoint was written" for f in sorted(path.iterdir())
                  if f.name != FILES and f.name not in files]
     return problems
@@ -140,3 +154,17 @@ def check_recorded(path: Path) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SnapdistillError(f"{problems[0]}{more}; {_REMEDY}")
+
+
+def check_run_checkpoints(run_dir: Path, *, quick: bool = False, advance=lambda n: None) -> FolderCheck:
+    """`snapdistill verify` of a training run without its manifest (stopped, or still training): each checkpoint
+    against the files.json it recorded when it was written."""
+    result = FolderCheck(Path(run_dir), "run (no manifest yet)")
+    for checkpoint in sorted(p for p in (Path(run_dir) / CHECKPOINTS).glob("step-*") if p.is_dir()):
+        files = [f for f in checkpoint.iterdir() if f.is_file()]
+        result.files += len(files)
+        result.bytes += sum(f.stat().st_size for f in files)
+        if not (checkpoint / FILES).is_file():
+            result.unchecked = "checkpoints written before they recorded their files: cannot be checked"
+        result.problems += recorded_problems(checkpoint, quick=quick, advance=advance)
+    return result

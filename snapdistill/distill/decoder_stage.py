@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from snapdistill.data.latent_cache import cache_identity, cache_record, check_cache
+from snapdistill.distill.checkpoint_files import recorded_files
 from snapdistill.distill.data import ShardPairs, find_shards
 from snapdistill.distill.decoder_loss import DecoderLoss, psnr_db
 from snapdistill.distill.loop import TrainConfig, ema_weights_into, train
@@ -330,7 +331,7 @@ def run(config: DecoderConfig) -> Path:
         out, stage="distill-decoder", config=resolved_config(config), inputs=entries, outputs=outputs,
         counts={"steps": result.steps, "samples": result.steps * config.train.batch_size * config.train.grad_accum,
                 "lost": listed.recorded()},
-        metrics=metrics, seed=config.train.seed)
+        metrics=metrics, seed=config.train.seed, files=recorded_files(out))
 
 
 def records_config(student: Path) -> dict:

@@ -19,6 +19,7 @@ from snapdistill.data.latent_cache import cache_identity, cache_record, check_ca
 from snapdistill.data.shards import ShardList
 from snapdistill.distill import tracking
 from snapdistill.distill.arch import check_arch
+from snapdistill.distill.checkpoint_files import recorded_files
 from snapdistill.distill.data import ShardPairs, find_shards
 from snapdistill.distill.loop import TrainConfig, TrainResult, auto_lr, ema_weights_into, train
 from snapdistill.distill.losses import Batch
@@ -343,6 +344,7 @@ def finish(*, stage: str, common: CommonConfig, config: dict, teacher: Teacher, 
                 "lost": [] if data_input else training_shards(common).recorded()},
         metrics={"final_loss": result.final_loss, "train_seconds": result.seconds, "stopped_by": result.stopped_by},
         seed=common.train.seed,
+        files=recorded_files(run_dir),  # the checkpoints, hashed when written: not read a second time
     )
 
 
