@@ -128,12 +128,42 @@ def test_speed_figures_time_the_rows_in_turn(tmp_path, monkeypatch):
 
     monkeypatch.setattr(speed, "generate_batch", fake)
     monkeypatch.setattr("snapdistill.sampling.inspect.time.perf_counter", lambda: clock[0])
-    out = speed.speed_figures(tmp_path, batch=2, repeats=2)
+    out = speed.speed_figures(tmp_path, batch=2, repeats=2, variants=False)
     assert out == {"teacher16_cfg_s_per_image": 15.0, "direct8_s_per_image": 4.0, "S": 30 / 8}
     assert order == ["toy", "direct8"] * 3
     (tmp_path / "decoder").mkdir()
     (tmp_path / "decoder" / "manifest.json").write_text("{}")
     order.clear()
     costs = {"toy": [32.0, 30.0, 31.0], "direct8": [9.0, 8.0, 10.0], "decoder": [7.0, 8.0, 6.0]}
-    out = speed.speed_figures(tmp_path, batch=2, repeats=2)
+    out = speed.speed_figures(tmp_path, batch=2, repeats=2, variants=False)
     assert out["S"] == 30 / 8 and out["S_smalldec"] == 30 / 6 and order == ["toy", "direct8", "decoder"] * 3
+
+
+def test_speed_variants_time_each_pair_in_turn_and_s_fastest_takes_each_sides_best(tmp_path, monkeypatch):
+    """Each variant loads the reference and the student with its flags and times them in turn; on a fake clock
+    (warm-up first) where channels-last speeds the teacher only and compile the student only, S per variant is
+    that pair's ratio and S_fastest the teacher's best over the student's best."""
+    from snapdistill.bench import speed
+
+    _run(tmp_path / "direct8", "distill-steps", 500, "/weights/toy")
+    clock, calls = [0.0], []
+    costs = {("toy", ()): 30.0, ("direct8", ()): 8.0, ("toy", ("channels_last",)): 24.0,
+             ("direct8", ("channels_last",)): 8.0, ("toy", ("compile",)): 30.0, ("direct8", ("compile",)): 5.0}
+
+    def fake(model, steps, guidance, scheduler, batch, decoder, **flags):
+        key = ("toy" if model == "toy" else "direct8", tuple(k for k, v in flags.items() if v))
+        calls.append(key)
+
+        def generate():
+            clock[0] += costs[key]
+        return generate, 0
+
+    monkeypatch.setattr(speed, "generate_batch", fake)
+    monkeypatch.setattr(speed, "op_profile", lambda fn: {"top": {}})
+    monkeypatch.setattr("snapdistill.sampling.inspect.time.perf_counter", lambda: clock[0])
+    out = speed.speed_figures(tmp_path, batch=2, repeats=2)
+    assert {k: v["S"] for k, v in out["variants"].items()} == {"plain": 30 / 8, "channels_last": 24 / 8,
+                                                               "compile": 30 / 5}
+    assert out["S_fastest"] == 24 / 5 and out["S"] == 30 / 8
+    assert out["variants"]["compile"]["direct8_s_per_image"] == 2.5
+    assert set(calls) == set(costs)

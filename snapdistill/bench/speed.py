@@ -10,11 +10,14 @@ import torch
 from snapdistill.bench.rows import DECODER_ROWS, DECODER_RUN, REFERENCE, ROWS, model_path
 
 
-def generate_batch(model: str, steps, guidance: float, scheduler, batch: int = 16, decoder: Path | None = None):
-    """(a call that renders one batch of `batch` toy val prompts, model loaded; UNet parameters)."""
+def generate_batch(model: str, steps, guidance: float, scheduler, batch: int = 16, decoder: Path | None = None,
+                   **speedups):
+    """(a call that renders one batch of `batch` toy val prompts, model loaded; UNet parameters). `speedups`:
+    `channels_last`, `compile`, as `sample` takes them."""
     from snapdistill.models.loading import load_pipeline, resolve_model
     from snapdistill.sampling import render
     from snapdistill.sampling.config import SampleConfig
+    from snapdistill.sampling.speedups import speed_up
     from snapdistill.sampling.stage import use_decoder
     from snapdistill.toy.world import toy_val_prompts
 
@@ -24,6 +27,7 @@ def generate_batch(model: str, steps, guidance: float, scheduler, batch: int = 1
         SampleConfig(model=model, out=Path("."), steps=steps, guidance=guidance, scheduler=scheduler),
         pipe, resolved.path)
     use_decoder(pipe, resolved.path, decoder)
+    speed_up(pipe, **speedups)
     prompts, seeds = toy_val_prompts(batch), list(range(batch))
     kw = dict(steps=settings["steps"], guidance=guidance, size=settings["size"])
     return (lambda: render.generate(pipe, prompts, seeds, **kw)), sum(p.numel() for p in pipe.unet.parameters())
@@ -40,11 +44,18 @@ def seconds_per_image(model: str, steps, guidance: float, scheduler, batch: int 
     return min(repeated_seconds(generate, repeats)) / batch, params
 
 
-def speed_figures(runs: Path, batch: int = 16, repeats: int = 7) -> dict:
+VARIANTS = {"plain": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True}}
+
+
+def speed_figures(runs: Path, batch: int = 16, repeats: int = 7, variants: bool = True) -> dict:
     """S (and S with the small decoder): the reference row's seconds per image over the 8-step student's, the
     pipelines loaded together and timed in turn, the fastest of `repeats` batches each. Rows timed one after the
     other gave the same weights S = 3.35 in one run and 2.57 in the next (the teacher at 30.7 and 22.3 ms per
-    image), and 2.46 and 2.70 in two fresh processes; timed in turn, three processes gave 2.58, 2.63 and 2.60."""
+    image), and 2.46 and 2.70 in two fresh processes; timed in turn, three processes gave 2.58, 2.63 and 2.60.
+
+    `variants`: the reference and the student again with `sample --channels-last` and `--compile` (each pair
+    timed in turn); `S_fastest` is the reference's fastest variant over the student's, and `student_ops` the ops
+    that bound the plain student's batch (`op_profile`)."""
     from snapdistill.sampling.inspect import fastest_seconds
 
     if model_path(runs, "direct8") is None:
@@ -60,7 +71,39 @@ def speed_figures(runs: Path, batch: int = 16, repeats: int = 7) -> dict:
     out["S"] = seconds[REFERENCE] / seconds["direct8"]
     if decoder is not None:
         out["S_smalldec"] = seconds[REFERENCE] / seconds["direct8_smalldec"]
+    if not variants:
+        return out
+    out["student_ops"] = op_profile(calls["direct8"])
+    found = {"plain": {name: seconds[name] for name in (REFERENCE, "direct8")}}
+    for variant, flags in VARIANTS.items():
+        if variant == "plain":
+            continue
+        pair = {name: generate_batch(model_path(runs, specs[name][0]), *specs[name][1:4], batch, None, **flags)[0]
+                for name in (REFERENCE, "direct8")}
+        found[variant] = {name: value / batch for name, value in fastest_seconds(pair, repeats).items()}
+    out["variants"] = {variant: {**{f"{k}_s_per_image": v for k, v in times.items()},
+                                 "S": times[REFERENCE] / times["direct8"]} for variant, times in found.items()}
+    out["S_fastest"] = min(t[REFERENCE] for t in found.values()) / min(t["direct8"] for t in found.values())
     return out
+
+
+def op_profile(fn, top: int = 6) -> dict:
+    """The ops taking most of one call of `fn` (after a warm-up), by their own CPU time as a share of the call's
+    wall-clock time (torch.profiler), with the share of every op together (the rest is Python and the pipeline)."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tick = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - tick
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    return {"wall_s": wall, "all_ops_share": total / wall,
+            "top": {e.key: {"share": e.self_cpu_time_total / 1e6 / wall, "calls": e.count} for e in events[:top]}}
 
 
 def step_cost(runs: Path, batch: int = 32, repeats: int = 5) -> dict | None:

@@ -307,7 +307,11 @@ def print_table(result: dict) -> None:
     for section in ("judge", "ratios", "decoder", "speed", "distill_step", "data"):
         if section in result:
             console.print(f"[bold]{section}[/bold]: " + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result[section].items()))
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result[section].items()
+                if not isinstance(v, dict)))
+    for row, r in result.get("speed_sd15", {}).get("rows", {}).items():
+        console.print(f"[bold]sd15 {row}[/bold]: {r['s_per_image']:.2f} s/img, parts/measured "
+                      f"{r['parts_over_measured']:.3f}, " + ", ".join(f"{k} {v:.1%}" for k, v in r["shares"].items()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default="runs/toy", help="where `make reproduce` left its runs")
     parser.add_argument("--prompts", type=int, default=1024)
     parser.add_argument("--skip-data", action="store_true")
+    parser.add_argument("--skip-sd15", action="store_true", help="leave out the SD 1.5 layout's timings (minutes)")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     result = {"version": 1, "commit": git_commit(),
@@ -336,6 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     if speed := speed_figures(runs):
         result["speed"] = speed
         result["ratios"].update({k: speed[k] for k in ("S", "S_smalldec") if k in speed})
+    if not args.skip_sd15:
+        from snapdistill.bench.speed_sd15 import speed_sd15
+
+        result["speed_sd15"] = sd15 = speed_sd15()
+        result["ratios"].update(S_sd15=sd15["S"], S_sd15_bk_small=sd15["S_bk_small_tiny"])
     cost = step_cost(runs)
     if cost:
         result["distill_step"] = cost

@@ -37,6 +37,8 @@ def sample(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace images in --out made with other settings or by a model changed since.")] = False,
     allow_off_grid: Annotated[bool, typer.Option("--allow-off-grid", help="Let --steps/--scheduler sample a step-distilled student off the grid it was trained on (recorded in the manifest).")] = False,
     decoder: Annotated[Path | None, typer.Option("--decoder", help="A distill-decoder OUT/decoder folder: decode with it instead of the model's VAE.")] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="UNet and decoder in channels-last memory format (on CPU it pays for the decoder; README, \"Speed\").")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the decoder: the first batch compiles (about a minute per network for SD 1.5 on CPU); needs a C++ compiler on CPU, Triton on CUDA.")] = False,
     dry_run: DryRun = False,
 ) -> None:
     """Render prompts into OUT/images, with prompts.jsonl, grid.png and manifest.json.
@@ -53,6 +55,8 @@ def sample(
 
       snapdistill sample --teacher runs/direct8/student --decoder runs/dec/decoder --toy-val 64 --out runs/s8-smalldec
 
+      snapdistill sample --teacher runs/direct8/student --toy-val 1024 --compile --out runs/s8-compiled
+
       accelerate launch -m snapdistill sample --teacher sd15 --prompts prompts.txt --out runs/x
     """
     from snapdistill.sampling import stage
@@ -65,6 +69,7 @@ def sample(
         guidance=guidance, size=size, scheduler=scheduler, spacing=spacing, negative_prompt=negative_prompt,
         seed=seed, batch_size=batch_size, dtype=dtype, device=device, allow_download=allow_download,
         overwrite=overwrite, allow_off_grid=allow_off_grid, decoder=decoder,
+        channels_last=channels_last, compile=compile,
     )
     # Checked before the prompts are read: --limit 0 or -1 would silently change which prompts.
     if checked_dry_run(config, dry_run):

@@ -31,6 +31,8 @@ class SampleConfig:
     overwrite: bool = False                      # replace images made with other settings or another model
     allow_off_grid: bool = False                 # let --steps/--scheduler leave a step-distilled student's grid
     decoder: Path | None = None                  # a distill-decoder OUT/decoder folder used instead of the model's VAE
+    channels_last: bool = False                  # UNet and decoder in channels-last memory format (speedups.py)
+    compile: bool = False                        # torch.compile the UNet and the decoder (speedups.py)
 
     def check(self) -> None:
         """Refuse impossible numbers with one line, before prompts are read or the model loads."""

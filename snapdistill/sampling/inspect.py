@@ -44,12 +44,13 @@ def repeated_seconds(fn, repeats: int = 3) -> list[float]:
     return values
 
 
-def fastest_seconds(fns: dict, repeats: int = 25) -> dict:
-    """The fastest wall-clock seconds of each `fns[name]()` over `repeats` rounds, after one warm-up call of each.
+def fastest_seconds(fns: dict, repeats: int = 25, *, warmup: bool = True) -> dict:
+    """The fastest wall-clock seconds of each `fns[name]()` over `repeats` rounds, after one warm-up call of each
+    (`warmup=False`: the caller warmed them up).
     The calls alternate within each round, so a slow spell of the machine falls on every contender alike, and
     the minimum is kept because other activity only ever adds time (timeit's reasoning), as in the bench's
     seconds per image."""
-    for fn in fns.values():
+    for fn in fns.values() if warmup else ():
         fn()
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):

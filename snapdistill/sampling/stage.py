@@ -42,6 +42,7 @@ from snapdistill.outdir import prepare_out
 from snapdistill.sampling.config import SampleConfig
 from snapdistill.sampling.prompts import PromptItem
 from snapdistill.sampling.render import check_grid, count_unet_rows, generate, resolve_settings, to_uint8
+from snapdistill.sampling.speedups import check_compile, compile_failure, speed_up
 
 GRID_IMAGES = 16
 RUN_CONFIG = "run.json"
@@ -50,8 +51,9 @@ _IMAGE_KEYS = ("model_path", "model_fingerprint", "steps", "guidance", "size", "
                "decoder", "decoder_fingerprint")
 # ... and the batch composition: an image's last bits depend on the batch it was drawn in (the batched kernels
 # reduce in another order), so a folder finished with another --batch-size or number of processes would mix two.
-# A run.json written before these were recorded is not compared on them.
-_BATCH_KEYS = ("batch_size", "processes")
+# The same holds for the speed-ups (other kernels). A run.json written before these were recorded is not compared
+# on them.
+_BATCH_KEYS = ("batch_size", "processes", "channels_last", "compile")
 
 
 def use_decoder(pipe, model_path: Path, decoder: Path | None) -> dict:
@@ -127,6 +129,8 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     state = process_state()
     device = config.device or (str(state.device) if state.num_processes > 1 else default_device())
     dtype = resolve_dtype(config.dtype, device)
+    if config.compile:
+        check_compile(device)
     model = resolve_model(config.model, allow_download=config.allow_download)
     warning = check_grid(config, StudentRecord.read(model.path))
     if warning and state.is_main_process:
@@ -135,6 +139,7 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
     pipe = load_pipeline(model, dtype=dtype, device=device, allow_download=config.allow_download)
     settings, pipe.scheduler = resolve_settings(config, pipe, model.path)
     settings.update(use_decoder(pipe, model.path, config.decoder))
+    settings.update(speed_up(pipe, channels_last=config.channels_last, compile=config.compile))
     settings.update(batch_size=config.batch_size, processes=state.num_processes)
     if state.is_main_process:
         _check_rerun(out, settings, config.overwrite)
@@ -157,10 +162,15 @@ def run(config: SampleConfig, items: list[PromptItem]) -> Path:
         for lo in range(0, len(mine), config.batch_size):
             batch = mine[lo : lo + config.batch_size]
             seeds = [config.seed + it.index for it in batch]
-            pixels = to_uint8(generate(
-                pipe, [it.prompt for it in batch], seeds, steps=settings["steps"], guidance=settings["guidance"],
-                size=settings["size"], negative_prompt=config.negative_prompt,
-            ))
+            try:
+                pixels = to_uint8(generate(
+                    pipe, [it.prompt for it in batch], seeds, steps=settings["steps"], guidance=settings["guidance"],
+                    size=settings["size"], negative_prompt=config.negative_prompt,
+                ))
+            except Exception as error:
+                if config.compile and (failure := compile_failure(error)):
+                    raise failure from error
+                raise
             for it, seed, px in zip(batch, seeds, pixels):
                 save_image(images_dir / image_name(it, seed), px)
             bar.advance(task, len(batch))

@@ -1,0 +1,167 @@
+"""S where a user's GPU sees it: the SD 1.5 layout (random weights, no download), for `make bench` (`speed_sd15`).
+
+On the toy world a UNet call is bound by per-op overhead; on the SD 1.5 layout it is bound by compute, and the
+decoder costs about 2.5 UNet calls, so the small decoders matter there. Rows, 256 px, batch 1, fp32 on this CPU:
+
+* `teacher16_cfg`: the teacher UNet at 16 DPM-Solver++ steps with CFG (one call of 2 rows a step), full decoder;
+* `direct8`, `direct8_kl`, `direct8_tiny`: a guided 8-step student (the teacher's UNet with the guidance input,
+  one row a step, its own trailing DDIM) with the full decoder and the `kl` and `tiny` small decoders (width 0.5);
+* `bk_small8_tiny`: the bk-small layout at 8 calls with the tiny decoder.
+
+The rows are timed in turn (`fastest_seconds`), the fastest of `rounds` each. Each network is then timed alone at
+the row's shapes (text encoder, one UNet call, one decode): a row's `shares` are each network's part of the
+measured time (calls × seconds per call), and `parts_over_measured` says how far they add up to it (the rest is
+the scheduler and the pipeline's own work). `variants` times the S rows again with `--channels-last` and with
+`--compile`, each network alone too, so the README can say which pays where.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+SIZE = 256
+STEPS_TEACHER, STEPS_STUDENT = 16, 8
+GUIDANCE = 7.5
+DECODER_WIDTH = 0.5
+PROMPT = "a photograph of an astronaut riding a horse on the moon"
+S_ROWS = ("teacher16_cfg", "direct8_tiny")
+
+
+class Layout:
+    """The networks of the rows, built once: the teacher pipeline's parts, the students' UNets, the decoders."""
+
+    def __init__(self, base=None, size: int = SIZE, seed: int = 0):
+        """`base`: the teacher pipeline (default: the SD 1.5 layout, random weights); `size`: the image side."""
+        from snapdistill.distill.student import guided_student, student_scheduler
+        from snapdistill.models.sd_configs import random_sd_pipeline
+        from snapdistill.models.small_decoder import build_small
+        from snapdistill.sampling.schedulers import make_scheduler
+
+        base = random_sd_pipeline("sd15", seed=seed) if base is None else base
+        self.base, self.size = base, size
+        self.unets = {"teacher": base.unet.eval(), "student": guided_student(base.unet).eval(),
+                      "bk_small": guided_student(base.unet, arch="bk-small").eval()}
+        self.decoders = {"full": base.vae.eval(), "kl": build_small("kl", base.vae.config, DECODER_WIDTH).eval(),
+                         "tiny": build_small("tiny", base.vae.config, DECODER_WIDTH).eval()}
+        self.schedulers = {"teacher": make_scheduler("dpmsolver++", base.scheduler.config),
+                           "student": student_scheduler(base.scheduler, steps=STEPS_STUDENT, prediction_type="epsilon")}
+
+    # name -> (UNet, decoder, steps, scheduler)
+    ROWS = {"teacher16_cfg": ("teacher", "full", STEPS_TEACHER, "teacher"),
+            "direct8": ("student", "full", STEPS_STUDENT, "student"),
+            "direct8_kl": ("student", "kl", STEPS_STUDENT, "student"),
+            "direct8_tiny": ("student", "tiny", STEPS_STUDENT, "student"),
+            "bk_small8_tiny": ("bk_small", "tiny", STEPS_STUDENT, "student")}
+
+    def pipeline(self, row: str):
+        from diffusers import StableDiffusionPipeline
+
+        unet, decoder, _, scheduler = self.ROWS[row]
+        parts = {**self.base.components, "unet": self.unets[unet], "vae": self.decoders[decoder],
+                 "scheduler": self.schedulers[scheduler]}
+        pipe = StableDiffusionPipeline(**parts, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def call(self, row: str, steps: int | None = None):
+        """A call that renders the row's one image (`steps` overrides its steps: a short warm-up)."""
+        from snapdistill.sampling.render import generate
+
+        pipe = self.pipeline(row)
+        n = steps or self.ROWS[row][2]
+        return lambda: generate(pipe, [PROMPT], [0], steps=n, guidance=GUIDANCE, size=self.size)
+
+    def part_calls(self, rows) -> dict:
+        """Per network the rows use: a call running it once at the rows' shapes (batch 1; the CFG teacher's UNet
+        takes 2 rows)."""
+        from snapdistill.models.small_decoder import to_pixels
+
+        side = self.size // self.base.vae_scale_factor
+        config, length = self.base.unet.config, self.base.tokenizer.model_max_length
+        g = torch.Generator().manual_seed(0)
+        z = {n: torch.randn(n, config.in_channels, side, side, generator=g) for n in (1, 2)}
+        text = {n: torch.randn(n, length, config.cross_attention_dim, generator=g) for n in (1, 2)}
+        w = torch.full((1, self.unets["student"].config.time_cond_proj_dim), 0.1)
+        t = torch.tensor(500)  # as the pipeline passes it (a compiled UNet would compile again for a Python int)
+        kw = dict(cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=False)
+        ids = self.base.tokenizer([PROMPT], padding="max_length", max_length=length, return_tensors="pt").input_ids
+        out = {"text_encoder": lambda: self.base.text_encoder(ids)}
+        for row in rows:
+            unet, decoder, _, _ = self.ROWS[row]
+            net = self.unets[unet]
+            if unet == "teacher":
+                out["unet_teacher"] = lambda net=net: net(z[2], t, encoder_hidden_states=text[2], timestep_cond=None, **kw)
+            else:
+                out[f"unet_{unet}"] = lambda net=net: net(z[1], t, encoder_hidden_states=text[1], timestep_cond=w, **kw)
+            out[f"decoder_{decoder}"] = lambda vae=self.decoders[decoder]: to_pixels(vae, z[1])
+        return out
+
+    def set_format(self, memory_format) -> None:
+        for net in [*self.unets.values(), *self.decoders.values()]:
+            net.to(memory_format=memory_format)
+
+    def compile(self) -> None:
+        """torch.compile every network as `sample --compile` does (`speed_up`), in place."""
+        from snapdistill.sampling.speedups import compiled
+
+        self.unets = {name: compiled(net) for name, net in self.unets.items()}
+        for vae in self.decoders.values():
+            vae.decoder = compiled(vae.decoder)
+
+
+def row_profile(row: str, seconds: float, parts: dict) -> dict:
+    """Each network's share of the row's measured seconds (calls per image × seconds per call, timed alone)."""
+    unet, decoder, steps, _ = Layout.ROWS[row]
+    cfg = unet == "teacher"
+    spent = {"text_encoder": (2 if cfg else 1) * parts["text_encoder"], "unet": steps * parts[f"unet_{unet}"],
+             "decoder": parts[f"decoder_{decoder}"]}
+    return {"s_per_image": seconds, "shares": {k: v / seconds for k, v in spent.items()},
+            "parts_over_measured": sum(spent.values()) / seconds}
+
+
+def timed_rows(layout: Layout, rows, rounds: int, part_rounds: int) -> dict:
+    """The rows timed in turn (after a 1-step warm-up each) and their networks alone: per row its seconds and
+    profile, and the seconds per call of every network."""
+    from snapdistill.sampling.inspect import fastest_seconds
+
+    with torch.no_grad():
+        for row in rows:  # first calls allocate and pick kernels (and compile): not timed
+            layout.call(row, steps=2)()
+        seconds = fastest_seconds({row: layout.call(row) for row in rows}, rounds, warmup=False)
+        parts = fastest_seconds(layout.part_calls(rows), part_rounds)
+    return {"rows": {row: row_profile(row, seconds[row], parts) for row in rows}, "parts_s": parts}
+
+
+def speed_sd15(rounds: int = 2, part_rounds: int = 3, variants: bool = True, layout: Layout | None = None) -> dict:
+    """The `speed_sd15` section of bench.json (`layout`: another teacher than the SD 1.5 layout, for tests)."""
+    started = time.perf_counter()
+    layout = layout or Layout()
+    plain = timed_rows(layout, list(Layout.ROWS), rounds, part_rounds)
+    rows = plain["rows"]
+    ref = rows["teacher16_cfg"]["s_per_image"]
+    out = {"size": layout.size, "batch": 1, "dtype": "fp32", "device": "cpu", "threads": torch.get_num_threads(),
+           "S": ref / rows["direct8_tiny"]["s_per_image"],
+           "S_full_decoder": ref / rows["direct8"]["s_per_image"],
+           "S_kl_decoder": ref / rows["direct8_kl"]["s_per_image"],
+           "S_bk_small_tiny": ref / rows["bk_small8_tiny"]["s_per_image"],
+           "rows": rows, "parts_s": plain["parts_s"]}
+    if variants:
+        found = {}
+        layout.set_format(torch.channels_last)
+        found["channels_last"] = timed_rows(layout, S_ROWS, rounds, part_rounds)
+        layout.set_format(torch.contiguous_format)
+        layout.compile()
+        found["compile"] = timed_rows(layout, S_ROWS, rounds, part_rounds)
+        out["variants"] = {name: {"S": v["rows"]["teacher16_cfg"]["s_per_image"] / v["rows"]["direct8_tiny"]["s_per_image"],
+                                  **v} for name, v in found.items()}
+    out["bench_seconds"] = time.perf_counter() - started
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(speed_sd15(variants="--no-variants" not in sys.argv), indent=2, default=float))
