@@ -83,7 +83,7 @@ def test_faults_are_counted_listed_and_repaired(tmp_path, faulty):
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_workers_give_byte_identical_output(tmp_path, faulty, monkeypatch, method):
-    monkeypatch.setattr(worker, "_start_method", lambda: method)
+    monkeypatch.setattr(worker, "start_method", lambda: method)
     build.run(config(faulty, tmp_path / "w1", workers=1))
     build.run(config(faulty, tmp_path / "w2", workers=2))
     one, two = files(tmp_path / "w1"), files(tmp_path / "w2")
@@ -314,6 +314,24 @@ def test_shard_bytes_are_webdataset_tarwriter_bytes(tmp_path):
         for s in samples:
             tar.write(s)
     assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "wds.tar").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["000000001.jpg", "a", "x" * 99 + ".", "k" * 120 + "/y.txt", "caf\u00e9.json",
+                                  "000000123.latents.npy"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 123_456_789, 8 ** 11 - 1, 8 ** 11 + 5])
+def test_member_header_is_tarfiles_header(name, size):
+    """The template's header equals tarfile's for short ASCII names, long names (prefix field) and non-ASCII ones
+    (tarfile's own path), at sizes up to and past the 11 octal digits of the size field."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, shards.OWNER, shards.OWNER
+    expected = info.tobuf(tarfile.USTAR_FORMAT) if size < 8 ** 11 else None
+    if expected is None:  # tarfile refuses such a size in USTAR: so must we
+        with pytest.raises(ValueError):
+            shards.member_header(name, size)
+        return
+    assert shards.member_header(name, size) == expected
 
 
 def _tree(folder: Path) -> dict:

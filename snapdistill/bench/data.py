@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from snapdistill.data import images as im
+from snapdistill.data.worker import start_method
 
 TARGET = 512
 SIZES = ((1024, 1365), (1365, 1024), (1024, 1024), (1152, 1024), (1024, 1536))
@@ -167,6 +168,21 @@ def spread(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3), "n": len(values)}
 
 
+def bench_data_fresh(workdir: Path) -> dict:
+    """`bench_data` in a fresh interpreter, as a user's `build-data` command runs. In the bench's own process, once
+    the toy pipelines have run, diffusers' progress bar leaves a thread (tqdm's monitor), so the worker pool starts
+    by forkserver instead of fork (`worker.start_method`), and each pool's workers import the main module again:
+    1.2 s a pool, measured with torch imported, which took 2-worker scaling from 1.86x (fresh process, median of
+    3 passes) to 1.44x on the bench's 1,000 images. A `build-data` command opens its pool before any thread."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "snapdistill.bench.data", str(workdir)], check=True,
+                          stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout)
+
+
 def bench_data(workdir: Path, *, n: int = 1000, repeats: int = 3) -> dict:
     """Measure everything above in `workdir`; returns the `data` section of bench.json."""
     workdir = Path(workdir)
@@ -221,6 +237,7 @@ def bench_data(workdir: Path, *, n: int = 1000, repeats: int = 3) -> dict:
         "shard_hash_share": round(hash_s / (n / best["build_data_2w_reduced"]), 4),
         "images": n,
         "target": TARGET,
+        "start_method": start_method(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 

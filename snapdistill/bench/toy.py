@@ -351,9 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         result["distill_step"] = cost
         result["ratios"]["T"] = cost["T"]
     if not args.skip_data:
-        from snapdistill.bench.data import bench_data
+        from snapdistill.bench.data import bench_data_fresh
 
-        result["data"] = bench_data(runs / "bench-data")
+        result["data"] = bench_data_fresh(runs / "bench-data")
     Path(args.out).write_text(json.dumps(result, indent=2, default=float) + "\n")
     print_table(result)
     print(f"wrote {args.out}")

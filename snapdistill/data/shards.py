@@ -10,6 +10,7 @@ input gives the same shards for any number of workers, and after a resume.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -54,6 +55,28 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.tar"
 
 
+@functools.lru_cache(maxsize=1)
+def _header_template() -> bytes:
+    info = tarfile.TarInfo("x")
+    info.size, info.mtime, info.mode, info.uname, info.gname = 0, 0, 0o444, OWNER, OWNER
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The USTAR header tarfile writes for a member of ours (mtime 0, mode 0o444, user and group OWNER), from a
+    template with the name, size and checksum filled in: tarfile's own builder costs 0.03 ms a member, about 3% of
+    a reduced-decode record in build-data's main process. Names over 100 bytes or not ASCII, and sizes over
+    tarfile's 11 octal digits, go through tarfile (prefix field, other encodings)."""
+    if not name.isascii() or len(name) > 100 or size >= 8 ** 11:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, OWNER, OWNER
+        return info.tobuf(tarfile.USTAR_FORMAT)
+    t = _header_template()
+    # name | mode uid gid | size | mtime | checksum (spaces while summing) | type ... prefix, padding
+    header = name.encode("ascii").ljust(100, b"\0") + t[100:124] + b"%011o\0" % size + t[136:148] + b" " * 8 + t[156:]
+    return header[:148] + b"%06o\0" % sum(header) + header[155:]
+
+
 class ShardFile:
     """One shard being written; it appears under its real name only once closed.
 
@@ -80,9 +103,7 @@ class ShardFile:
         key = sample["__key__"]
         for ext in sorted(k for k in sample if not k.startswith("_")):
             data = sample[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, OWNER, OWNER
-            self._put(info.tobuf(tarfile.USTAR_FORMAT))
+            self._put(member_header(f"{key}.{ext}", len(data)))
             self._put(data)
             self._put(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
         self.count += 1

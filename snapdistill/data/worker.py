@@ -170,7 +170,7 @@ def _init_worker(parent: int | None = None) -> None:
         _die_with_parent(parent)
 
 
-def _start_method() -> str:
+def start_method() -> str:
     """fork starts workers in milliseconds, but copying a process that runs other threads can deadlock
     the copy; then use forkserver (clean workers, ~0.4 s to start)."""
     methods = multiprocessing.get_all_start_methods()
@@ -192,7 +192,7 @@ def worker_pool(workers: int) -> Iterator:
         return
     import os
 
-    with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_init_worker,
+    with multiprocessing.get_context(start_method()).Pool(workers, initializer=_init_worker,
                                                            initargs=(os.getpid(),)) as pool:
         yield pool
 
