@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         from snapdistill.bench.speed_sd15 import speed_sd15
 
         result["speed_sd15"] = sd15 = speed_sd15()
-        result["ratios"].update(S_sd15=sd15["S"], S_sd15_bk_small=sd15["S_bk_small_tiny"])
+        result["ratios"].update(S_sd15=sd15["S"], S_sd15_bk_small=sd15["S_bk_small"])
     cost = step_cost(runs)
     if cost:
         result["distill_step"] = cost
