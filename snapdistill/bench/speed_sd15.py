@@ -164,6 +164,20 @@ def speed_sd15(rounds: int = 2, part_rounds: int = 3, variants: bool = True, lay
     return out
 
 
+def speed_sd15_fresh() -> dict:
+    """`speed_sd15` in a fresh interpreter. Run in the bench's own process after the toy section had compiled the
+    toy pipelines, the compiled SD 1.5 UNet ran slower than the plain one (1.98 s a call against 1.71 s), while in
+    a fresh process it ran 1.4-1.5x faster (1.08-1.09 s against 1.36-1.63 s, twice): graphs and settings that
+    torch.compile keeps per process carry from one section into the next."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "snapdistill.bench.speed_sd15"], check=True, stdout=subprocess.PIPE,
+                          text=True)
+    return json.loads(done.stdout)
+
+
 if __name__ == "__main__":
     import json
     import sys

@@ -342,9 +342,9 @@ def main(argv: list[str] | None = None) -> None:
         result["speed"] = speed
         result["ratios"].update({k: speed[k] for k in ("S", "S_smalldec") if k in speed})
     if not args.skip_sd15:
-        from snapdistill.bench.speed_sd15 import speed_sd15
+        from snapdistill.bench.speed_sd15 import speed_sd15_fresh
 
-        result["speed_sd15"] = sd15 = speed_sd15()
+        result["speed_sd15"] = sd15 = speed_sd15_fresh()
         result["ratios"].update(S_sd15=sd15["S"], S_sd15_bk_small=sd15["S_bk_small"])
     cost = step_cost(runs)
     if cost:
