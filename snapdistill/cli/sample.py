@@ -37,8 +37,8 @@ def sample(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace images in --out made with other settings or by a model changed since.")] = False,
     allow_off_grid: Annotated[bool, typer.Option("--allow-off-grid", help="Let --steps/--scheduler sample a step-distilled student off the grid it was trained on (recorded in the manifest).")] = False,
     decoder: Annotated[Path | None, typer.Option("--decoder", help="A distill-decoder OUT/decoder folder: decode with it instead of the model's VAE.")] = None,
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="UNet and decoder in channels-last memory format (on CPU it pays for the decoder; README, \"Speed\").")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the decoder: the first batch compiles (about a minute per network for SD 1.5 on CPU); needs a C++ compiler on CPU, Triton on CUDA.")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="UNet and decoder in channels-last memory format (on CPU it pays for the decoders and slows the UNet; README, \"Speed where users feel it\").")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the decoder: the first batch compiles (60-90 s for the SD 1.5 UNet on 2 CPU cores); needs a C++ compiler on CPU, Triton on CUDA.")] = False,
     dry_run: DryRun = False,
 ) -> None:
     """Render prompts into OUT/images, with prompts.jsonl, grid.png and manifest.json.
