@@ -167,3 +167,10 @@ def test_speed_variants_time_each_pair_in_turn_and_s_fastest_takes_each_sides_be
     assert out["S_fastest"] == 24 / 5 and out["S"] == 30 / 8
     assert out["variants"]["compile"]["direct8_s_per_image"] == 2.5
     assert set(calls) == set(costs)
+
+
+def test_a_fresh_section_is_the_json_another_interpreter_prints(tmp_path):
+    from snapdistill.bench.rows import fresh_section
+
+    (tmp_path / "figures.json").write_text('{"scaling_2w": 1.86, "start_method": "fork"}')
+    assert fresh_section("json.tool", str(tmp_path / "figures.json")) == {"scaling_2w": 1.86, "start_method": "fork"}

@@ -49,8 +49,14 @@ def test_compile_without_a_compiler_is_one_line_before_the_model_loads(tmp_path,
     assert not (tmp_path / "o").exists()
 
 
-def test_a_compiler_is_found_here():
-    assert speedups.compile_problem("cpu") is None  # the machines of this project carry g++
+def test_any_cxx_compiler_on_the_path_will_do(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    for found in ("g++", "c++", "clang++"):
+        monkeypatch.setattr(speedups.shutil, "which", lambda name, found=found: f"/usr/bin/{name}" if name == found else None)
+        assert speedups.compile_problem("cpu") is None
+    monkeypatch.setenv("CXX", "my-cxx")
+    monkeypatch.setattr(speedups.shutil, "which", lambda name: None)
+    assert speedups.compile_problem("cpu") == "no C++ compiler found (my-cxx; set CXX or install g++)"
 
 
 def test_a_compilation_that_fails_is_one_line():

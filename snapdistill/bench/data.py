@@ -174,13 +174,9 @@ def bench_data_fresh(workdir: Path) -> dict:
     by forkserver instead of fork (`worker.start_method`), and each pool's workers import the main module again:
     1.2 s a pool, measured with torch imported, which took 2-worker scaling from 1.86x (fresh process, median of
     3 passes) to 1.44x on the bench's 1,000 images. A `build-data` command opens its pool before any thread."""
-    import json
-    import subprocess
-    import sys
+    from snapdistill.bench.rows import fresh_section
 
-    done = subprocess.run([sys.executable, "-m", "snapdistill.bench.data", str(workdir)], check=True,
-                          stdout=subprocess.PIPE, text=True)
-    return json.loads(done.stdout)
+    return fresh_section("snapdistill.bench.data", str(workdir))
 
 
 def bench_data(workdir: Path, *, n: int = 1000, repeats: int = 3) -> dict:

@@ -64,3 +64,15 @@ def model_path(runs: Path, model: str) -> str | None:
         return "toy"
     folder = runs / model
     return str(folder / "student") if (folder / "manifest.json").is_file() else None
+
+
+def fresh_section(module: str, *args: str) -> dict:
+    """A bench section measured by `python -m module args...` in a fresh interpreter (the JSON it prints): torch
+    threads, compiled graphs and the worker pool's start method carry from one section into the next within a
+    process (see `bench_data_fresh`, `speed_sd15_fresh`)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, *args], check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout)

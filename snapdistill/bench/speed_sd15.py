@@ -169,13 +169,9 @@ def speed_sd15_fresh() -> dict:
     toy pipelines, the compiled SD 1.5 UNet ran slower than the plain one (1.98 s a call against 1.71 s), while in
     a fresh process it ran 1.4-1.5x faster (1.08-1.09 s against 1.36-1.63 s, twice): graphs and settings that
     torch.compile keeps per process carry from one section into the next."""
-    import json
-    import subprocess
-    import sys
+    from snapdistill.bench.rows import fresh_section
 
-    done = subprocess.run([sys.executable, "-m", "snapdistill.bench.speed_sd15"], check=True, stdout=subprocess.PIPE,
-                          text=True)
-    return json.loads(done.stdout)
+    return fresh_section("snapdistill.bench.speed_sd15")
 
 
 if __name__ == "__main__":

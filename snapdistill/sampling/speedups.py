@@ -3,7 +3,7 @@
 - channels-last: the UNet's and the decoder's weights in NHWC, PyTorch's memory format for convolutions (it pays
   where convolutions dominate: on CPU, the decoders; see the README's speed section for measured figures).
 - compile: `torch.compile` of the UNet and of the decoder's network (`vae.decoder`), as diffusers' docs compile a
-  pipeline, with inductor's weight freezing (inference only). The first batch pays the compilation (about a minute per network on CPU for the SD 1.5 layout); a
+  pipeline, with inductor's weight freezing (inference only). The first batch pays the compilation (60-90 s for the SD 1.5 UNet on 2 CPU cores); a
   batch of another size compiles again. Inductor, torch.compile's default backend, needs a C++ compiler on CPU and
   Triton on CUDA: `check_compile` refuses in one line, before any model loads, where that is missing.
 
@@ -64,7 +64,7 @@ def speed_up(pipe, *, channels_last: bool = False, compile: bool = False) -> dic
 
 def compile_failure(error: BaseException) -> SnapdistillError | None:
     """The one-line error for a compilation that failed while sampling (a backend present but broken)."""
-    if type(error).__module__.startswith("torch._dynamo") or type(error).__name__ == "BackendCompilerFailed":
+    if type(error).__module__.startswith("torch._dynamo"):  # BackendCompilerFailed wraps inductor's own errors
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return SnapdistillError(f"--compile failed while compiling the pipeline ({first[:200]}); "
                                 "leave --compile out")
