@@ -67,7 +67,7 @@ def test_cmyk_and_grayscale_are_converted_to_the_right_colours():
     cmyk = jpeg_bytes(red.convert("CMYK"))
     header = im.probe(cmyk)
     assert header.mode == "CMYK" and im.REPAIRS[header.mode] == "cmyk_converted"
-    assert im.probe(jpeg_bytes(Image.new("L", (7, 5)))) == im.Header("JPEG", "L", 7, 5)
+    assert im.probe(jpeg_bytes(Image.new("L", (7, 5)))) == im.Header("JPEG", "L", 7, 5, exif=False)
     b, g, r = im.decode_bgr(cmyk, header, 16)[15, 20].astype(int)
     assert abs(r - 200) < 12 and abs(g - 30) < 12 and abs(b - 40) < 12
     gray = jpeg_bytes(Image.new("L", (40, 30), 90))
@@ -109,3 +109,22 @@ def test_encode_is_deterministic_and_psnr_of_identical_is_inf():
     assert im.encode_jpeg(arr, 95) == im.encode_jpeg(arr.copy(), 95)
     assert im.psnr(arr, arr) == float("inf")
     assert 20 < im.psnr(arr, np.clip(arr.astype(int) + 10, 0, 255).astype(np.uint8)) < 30
+
+
+def test_exif_orientation_is_applied_and_its_search_skipped_only_without_an_exif_segment():
+    plain = jpeg_bytes(textured(96, 64))
+    header = im.probe(plain)
+    assert header.exif is False  # no EXIF segment: OpenCV is told not to look for an orientation
+    for reduced in (False, True):  # the same pixels as OpenCV's default decode, which looks
+        assert np.array_equal(im.decode_bgr(plain, header, 32, reduced=reduced),
+                              cv2.imdecode(np.frombuffer(plain, np.uint8),
+                                           cv2.IMREAD_REDUCED_COLOR_2 if reduced else cv2.IMREAD_COLOR))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rotated = jpeg_bytes(textured(96, 64), exif=exif.tobytes())
+    header = im.probe(rotated)
+    assert header.exif is True and (header.width, header.height) == (96, 64)
+    upright = np.asarray(Image.open(io.BytesIO(rotated)).transpose(Image.Transpose.ROTATE_270))[..., ::-1]
+    full = im.decode_bgr(rotated, header, 48, reduced=False)
+    assert full.shape == (96, 64, 3) and np.abs(full.astype(int) - upright).mean() < 2
+    assert im.decode_bgr(rotated, header, 32, reduced=True).shape == (48, 32, 3)  # rotated at half size too

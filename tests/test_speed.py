@@ -76,15 +76,14 @@ def test_compiled_sampling_draws_the_same_pictures(tmp_path, tiny_eps_dir):
     assert np.abs(_images(plain) - _images(fast)).max() <= 1
 
 
-def test_row_profile_shares_are_each_networks_calls_over_the_measured_time():
+def test_row_profile_shares_are_each_networks_clocked_seconds_over_the_measured_time():
     from snapdistill.bench.speed_sd15 import row_profile
 
-    parts = {"text_encoder": 0.1, "unet_teacher": 2.0, "unet_student": 1.2, "decoder_full": 3.0, "decoder_tiny": 0.2}
-    teacher = row_profile("teacher16_cfg", 40.0, parts)
+    spent = {"text_encoder": [2, 0.2], "unet": [16, 32.0], "decoder": [1, 3.0]}
+    teacher = row_profile(40.0, spent)
     assert teacher["shares"] == pytest.approx({"text_encoder": 0.2 / 40, "unet": 32 / 40, "decoder": 3 / 40})
     assert teacher["parts_over_measured"] == pytest.approx(35.2 / 40)
-    student = row_profile("direct8_tiny", 10.0, parts)
-    assert student["shares"] == pytest.approx({"text_encoder": 0.01, "unet": 0.96, "decoder": 0.02})
+    assert teacher["calls"] == {"text_encoder": 2, "unet": 16, "decoder": 1} and teacher["unet_s_per_call"] == 2.0
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +128,18 @@ def test_speed_sd15_section_on_a_tiny_layout(tiny_layout):
     rows = out["rows"]
     assert set(rows) == {"teacher16_cfg", "direct8", "direct8_kl", "direct8_tiny", "bk_small8_tiny"}
     assert out["S"] == rows["teacher16_cfg"]["s_per_image"] / rows["direct8_tiny"]["s_per_image"]
-    for r in rows.values():
+    for name, r in rows.items():
         assert set(r["shares"]) == {"text_encoder", "unet", "decoder"} and all(v > 0 for v in r["shares"].values())
         assert r["parts_over_measured"] == pytest.approx(sum(r["shares"].values()))
+        assert r["parts_over_measured"] < 1  # clocked inside the measured call: the networks cannot exceed it
+        # the clock saw each network as often as the row runs it (the CFG teacher encodes its negative prompt too)
+        cfg = name == "teacher16_cfg"
+        assert r["calls"] == {"text_encoder": 2 if cfg else 1, "unet": 16 if cfg else 8, "decoder": 1}
     assert set(out["parts_s"]) == {"text_encoder", "unet_teacher", "unet_student", "unet_bk_small", "decoder_full",
                                    "decoder_kl", "decoder_tiny"}
     assert out["size"] == 32
+    pipe = tiny_layout.pipeline("direct8_tiny")
+    assert "decode" not in vars(pipe.vae) and not pipe.unet._forward_hooks  # the clock leaves nothing behind
 
 
 def test_op_profile_names_the_op_that_takes_the_time():
