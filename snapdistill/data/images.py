@@ -145,7 +145,7 @@ def decode_bgr(data: bytes, header: Header, target: int, *, reduced: bool = True
     factor = reduce_factor(header.width, header.height, target) if reduced and header.format == "JPEG" else 1
     flag = _REDUCED.get(factor, cv2.IMREAD_COLOR)
     if not header.exif:
-        # No EXIF segment, so no orientation to apply: skip OpenCV's own search for one (2-4% of a reduced decode
+        # No EXIF segment, so no orientation to apply: skip OpenCV's own search for one (1-4% of a reduced decode
         # of the bench's images; the pixels are the same).
         flag |= cv2.IMREAD_IGNORE_ORIENTATION
     return _decode_cv(data, flag)
