@@ -74,7 +74,7 @@ class Layout:
         pipeline, when the caller holds it)."""
         from snapdistill.sampling.render import generate
 
-        pipe = pipe or self.pipeline(row)
+        pipe = self.pipeline(row) if pipe is None else pipe
         n = steps or self.ROWS[row][2]
         return lambda: generate(pipe, [PROMPT], [0], steps=n, guidance=GUIDANCE, size=self.size)
 
