@@ -110,3 +110,17 @@ def test_fastest_seconds_alternates_and_keeps_each_minimum(monkeypatch):
     best = inspect.fastest_seconds({"a": call("a"), "b": call("b")}, repeats=2)
     assert best == {"a": 3.0, "b": 1.0}
     assert order == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_fastest_runs_keeps_what_the_fastest_call_returned(monkeypatch):
+    from snapdistill.sampling import inspect
+
+    clock, costs = [0.0], iter([4.0, 2.0, 3.0])
+
+    def fn():
+        cost = next(costs)
+        clock[0] += cost
+        return f"took {cost:g}"
+
+    monkeypatch.setattr(inspect.time, "perf_counter", lambda: clock[0])
+    assert inspect.fastest_runs({"a": fn}, repeats=3, warmup=False) == {"a": (2.0, "took 2")}

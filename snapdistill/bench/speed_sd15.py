@@ -82,25 +82,20 @@ class Layout:
         """Per network the rows use: a call running it once at the rows' shapes (batch 1; the CFG teacher's UNet
         takes 2 rows)."""
         from snapdistill.models.small_decoder import to_pixels
+        from snapdistill.sampling.inspect import unet_inputs
 
-        side = self.size // self.base.vae_scale_factor
-        config, length = self.base.unet.config, self.base.tokenizer.model_max_length
-        g = torch.Generator().manual_seed(0)
-        z = {n: torch.randn(n, config.in_channels, side, side, generator=g) for n in (1, 2)}
-        text = {n: torch.randn(n, length, config.cross_attention_dim, generator=g) for n in (1, 2)}
-        w = torch.full((1, self.unets["student"].config.time_cond_proj_dim), 0.1)
-        t = torch.tensor(500)  # as the pipeline passes it (a compiled UNet would compile again for a Python int)
-        kw = dict(cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=False)
+        kw = dict(cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=False)  # as the pipeline calls it
+        latents = unet_inputs(self.base, 1, self.size)["sample"]
+        length = self.base.tokenizer.model_max_length
         ids = self.base.tokenizer([PROMPT], padding="max_length", max_length=length, return_tensors="pt").input_ids
         out = {"text_encoder": lambda: self.base.text_encoder(ids)}
         for row in rows:
             unet, decoder, _, _ = self.ROWS[row]
             net = self.unets[unet]
-            if unet == "teacher":
-                out["unet_teacher"] = lambda net=net: net(z[2], t, encoder_hidden_states=text[2], timestep_cond=None, **kw)
-            else:
-                out[f"unet_{unet}"] = lambda net=net: net(z[1], t, encoder_hidden_states=text[1], timestep_cond=w, **kw)
-            out[f"decoder_{decoder}"] = lambda vae=self.decoders[decoder]: to_pixels(vae, z[1])
+            # the CFG teacher's call takes the negative prompt's row too; a student's, its guidance embedding
+            x = unet_inputs(self.base, 2 if unet == "teacher" else 1, self.size, net)
+            out[f"unet_{unet}"] = lambda net=net, x=x: net(**x, **kw)
+            out[f"decoder_{decoder}"] = lambda vae=self.decoders[decoder]: to_pixels(vae, latents)
         return out
 
     def set_format(self, memory_format) -> None:
@@ -166,22 +161,23 @@ def row_profile(seconds: float, spent: dict) -> dict:
 def timed_rows(layout: Layout, rows, rounds: int, part_rounds: int) -> dict:
     """The rows timed in turn (after a 2-step warm-up each), the fastest of `rounds` each with its networks'
     clock, then each network alone: per row its seconds and profile, and the seconds per call of every network."""
-    from snapdistill.sampling.inspect import fastest_seconds
+    from snapdistill.sampling.inspect import fastest_runs, fastest_seconds
 
     pipes = {row: layout.pipeline(row) for row in rows}
-    best: dict[str, tuple[float, dict]] = {}
+
+    def clocked(row: str):
+        render = layout.call(row, pipe=pipes[row])
+
+        def call() -> dict:
+            with network_clock(pipes[row]) as spent:
+                render()
+            return spent
+        return call
+
     with torch.no_grad():
         for row in rows:  # first calls allocate and pick kernels (and compile): not timed
             layout.call(row, steps=2, pipe=pipes[row])()
-        for _ in range(rounds):  # in turn, so a slow spell of the machine falls on every row alike
-            for row in rows:
-                render = layout.call(row, pipe=pipes[row])
-                with network_clock(pipes[row]) as spent:
-                    tick = time.perf_counter()
-                    render()
-                    seconds = time.perf_counter() - tick
-                if seconds < best.get(row, (float("inf"),))[0]:
-                    best[row] = (seconds, spent)
+        best = fastest_runs({row: clocked(row) for row in rows}, rounds, warmup=False)
         parts = fastest_seconds(layout.part_calls(rows), part_rounds)
     return {"rows": {row: row_profile(*best[row]) for row in rows}, "parts_s": parts}
 
